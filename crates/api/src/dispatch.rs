@@ -1,0 +1,120 @@
+//! Publishing right after accepting. A handler commits the row (holding its
+//! publish lease) and hands it here; one task publishes what has gathered as a
+//! pipelined batch, then marks the confirmed rows published in one UPDATE per
+//! kind. Rows that fail are released for the relay at once; if the broker is
+//! down they are not even tried, and the relay takes them when their lease
+//! ends. Either way the row in Postgres is the promise: nothing here can lose
+//! a message.
+
+use std::time::Duration;
+
+use kurir_bus::{Envelope, Publisher};
+use kurir_core::JobKind;
+use kurir_store::{
+    PgPool, StoreError,
+    pipeline::{self, Publishable},
+    timed,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Most rows published in one batch.
+const BATCH: usize = 512;
+/// Rows waiting to be published before handlers wait (backpressure).
+const BACKLOG: usize = 8192;
+
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    tx: mpsc::Sender<Publishable>,
+}
+
+impl Dispatcher {
+    pub fn start(
+        pool: PgPool,
+        publisher: Publisher,
+        db_timeout: Duration,
+        shutdown: CancellationToken,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        tokio::spawn(run(rx, pool, publisher, db_timeout, shutdown));
+        Self { tx }
+    }
+
+    /// Queues an accepted row for publishing. Never fails the request: if
+    /// the dispatcher is gone the relay publishes the row.
+    pub async fn submit(&self, row: Publishable) {
+        let _ = self.tx.send(row).await;
+    }
+}
+
+async fn run(
+    mut rx: mpsc::Receiver<Publishable>,
+    pool: PgPool,
+    publisher: Publisher,
+    db_timeout: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut batch = Vec::with_capacity(BATCH);
+    loop {
+        batch.clear();
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = rx.recv_many(&mut batch, BATCH) => received,
+        };
+        if received == 0 {
+            return;
+        }
+        if !publisher.is_connected() {
+            debug!(
+                rows = batch.len(),
+                "broker unavailable; leaving rows to the relay"
+            );
+            continue;
+        }
+        let envelopes: Vec<Envelope> = batch
+            .iter()
+            .map(|row| Envelope::new(row.kind, row.id, row.account))
+            .collect();
+        let results = publisher.publish_all(&envelopes).await;
+        let mut confirmed: [Vec<Publishable>; 2] = Default::default();
+        let mut failed: [Vec<Publishable>; 2] = Default::default();
+        for (row, result) in batch.iter().zip(results) {
+            let slot = match row.kind {
+                JobKind::Message => 0,
+                JobKind::StatusUpdate => 1,
+            };
+            match result {
+                Ok(()) => confirmed[slot].push(*row),
+                Err(err) => {
+                    debug!(error = %err, id = %row.id, "publish failed; releasing to the relay");
+                    failed[slot].push(*row);
+                }
+            }
+        }
+        if let Err(err) = settle(&pool, db_timeout, &confirmed, &failed).await {
+            // Unmarked rows are published again by the relay when their lease
+            // ends; the worker drops the duplicate.
+            warn!(error = %err, "could not mark published rows");
+        }
+    }
+}
+
+async fn settle(
+    pool: &PgPool,
+    db_timeout: Duration,
+    confirmed: &[Vec<Publishable>; 2],
+    failed: &[Vec<Publishable>; 2],
+) -> Result<(), StoreError> {
+    timed(db_timeout, async {
+        let client = pool.get().await?;
+        for (kind, rows) in JobKind::ALL.into_iter().zip(confirmed) {
+            pipeline::mark_published(&client, kind, rows).await?;
+        }
+        for (kind, rows) in JobKind::ALL.into_iter().zip(failed) {
+            pipeline::release_publish(&client, kind, rows).await?;
+        }
+        Ok(())
+    })
+    .await
+}

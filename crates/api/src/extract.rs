@@ -1,0 +1,172 @@
+//! Extractors that turn every kind of bad input into a clear problem:
+//! JSON bodies (415 / 413 / 400 / 422 naming the field) and bearer keys (401).
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{HeaderMap, header, request::Parts},
+};
+use kurir_core::{AccountId, apikey};
+use kurir_store::{keys, timed};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    AppState,
+    error::{ApiError, ApiResult},
+};
+
+/// A JSON request body. Fields of `T` should be `Option`s, so a missing field
+/// is reported by the handler's validation together with every other problem;
+/// a field of the wrong JSON type is reported here, by name.
+#[derive(Debug)]
+pub struct JsonBody<T>(pub T);
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Parses JSON into `T`, naming the field on a type error.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        match inner.classify() {
+            serde_json::error::Category::Data => {
+                let field = if path == "." { "body".to_owned() } else { path };
+                ApiError::field(&field, strip_position(&inner.to_string()))
+            }
+            _ => ApiError::malformed_json(format!("the body is not valid JSON: {inner}")),
+        }
+    })?;
+    deserializer
+        .end()
+        .map_err(|err| ApiError::malformed_json(format!("the body is not valid JSON: {err}")))?;
+    Ok(value)
+}
+
+/// "invalid type: integer `5`, expected a string at line 1 column 14" → without the position.
+fn strip_position(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        if !is_json(request.headers()) {
+            return Err(ApiError::unsupported_media_type());
+        }
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::payload_too_large(state.max_body_bytes)
+                } else {
+                    ApiError::bad_request("the request body could not be read")
+                }
+            })?;
+        parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// The account of the request's API key (`Authorization: Bearer <key>`).
+#[derive(Debug, Clone, Copy)]
+pub struct Account(pub AccountId);
+
+impl FromRequestParts<AppState> for Account {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get(header::AUTHORIZATION) else {
+            return Err(ApiError::unauthorized(
+                "send your API key as Authorization: Bearer <key>",
+            ));
+        };
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+            .filter(|token| !token.is_empty() && token.len() <= 512)
+            .ok_or_else(|| {
+                ApiError::unauthorized("send your API key as Authorization: Bearer <key>")
+            })?;
+        let hash = apikey::hash(token);
+        let account = timed(state.db_timeout, async {
+            let client = state.pool.get().await?;
+            keys::account_for_key(&client, &hash).await
+        })
+        .await?;
+        account
+            .map(Account)
+            .ok_or_else(|| ApiError::unauthorized("the API key is not valid (unknown or revoked)"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Body {
+        #[allow(dead_code)]
+        message: Option<String>,
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let err = parse_json::<Body>(br#"{"message": 5}"#).unwrap_err();
+        assert_eq!(err.status(), 422);
+        let err = parse_json::<Body>(br#"[1]"#).unwrap_err();
+        assert_eq!(err.status(), 422);
+    }
+
+    #[test]
+    fn syntax_errors_are_400() {
+        for bad in [&b"{"[..], b"", b"{\"message\": \"x\"} trailing", b"nope"] {
+            let err = parse_json::<Body>(bad).unwrap_err();
+            assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let mut headers = HeaderMap::new();
+        assert!(!is_json(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/json; charset=utf-8".parse().unwrap(),
+        );
+        assert!(is_json(&headers));
+        headers.insert(
+            header::CONTENT_TYPE,
+            "application/merge-patch+json".parse().unwrap(),
+        );
+        assert!(is_json(&headers));
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        assert!(!is_json(&headers));
+    }
+}

@@ -1,0 +1,193 @@
+//! kurir's HTTP API: the axum router, bearer-key auth, handlers and
+//! problem+json errors.
+//!
+//! A handler validates, stores the row in Postgres (the promise) and answers;
+//! publishing to RabbitMQ happens right after, off the request path
+//! ([`dispatch`]). The API never talks to a provider. No SQL here (that is
+//! `kurir-store`), no AMQP (that is `kurir-bus`).
+
+pub mod dispatch;
+pub mod dto;
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod routes;
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Router,
+    extract::{DefaultBodyLimit, Request},
+    http::{StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use kurir_bus::{Publisher, Topology};
+use kurir_core::config::{ApiArgs, BusArgs, DatabaseArgs, PipelineArgs};
+use kurir_store::PgPool;
+use tokio_util::sync::CancellationToken;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tracing::info;
+
+use crate::{dispatch::Dispatcher, error::ApiError};
+
+/// Everything `kurir api` reads.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: DatabaseArgs,
+    pub bus: BusArgs,
+    pub pipeline: PipelineArgs,
+    pub api: ApiArgs,
+}
+
+/// Shared by every handler; cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: PgPool,
+    pub publisher: Publisher,
+    pub dispatcher: Dispatcher,
+    pub db_timeout: Duration,
+    pub publish_lease: Duration,
+    pub max_body_bytes: u64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// Builds the pool and starts the publisher and dispatcher (they connect
+    /// in the background, so this works while dependencies are down).
+    pub fn new(config: &Config, shutdown: &CancellationToken) -> Result<Self, String> {
+        let pool = kurir_store::pool(&config.database)?;
+        let publisher = Publisher::start(
+            config.bus.amqp_url.clone(),
+            Topology::new(config.bus.queue_prefix.clone()),
+            "kurir-api".into(),
+            shutdown.clone(),
+        );
+        let dispatcher = Dispatcher::start(
+            pool.clone(),
+            publisher.clone(),
+            config.database.db_timeout,
+            shutdown.clone(),
+        );
+        Ok(Self {
+            pool,
+            publisher,
+            dispatcher,
+            db_timeout: config.database.db_timeout,
+            publish_lease: config.pipeline.publish_lease,
+            max_body_bytes: config.api.max_body_bytes,
+        })
+    }
+
+    pub fn probe(&self) -> ops::Probe {
+        ops::Probe {
+            pool: self.pool.clone(),
+            publisher: self.publisher.clone(),
+            timeout: self.db_timeout,
+            broker_required: false,
+        }
+    }
+}
+
+/// The whole HTTP application.
+pub fn app(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route(
+            "/users",
+            get(routes::users::list).post(routes::users::create),
+        )
+        .route("/users/{id}", get(routes::users::get))
+        .route(
+            "/users/{id}/messages",
+            get(routes::messages::list).post(routes::messages::send),
+        )
+        .route("/users/{id}/status", post(routes::status_updates::set))
+        .route("/messages/{message_id}", get(routes::messages::get))
+        .route("/status-updates/{id}", get(routes::status_updates::get))
+        .with_state(state.clone());
+    let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .nest("/v1", v1)
+        .merge(ops::router(state.probe()))
+        .fallback(|| async { ApiError::route_not_found() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn(problems_only))
+        .layer(CatchPanicLayer::custom(|_| {
+            tracing::error!("a handler panicked");
+            ApiError::internal().into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Any error response not already problem+json (a framework rejection) is
+/// turned into one, keeping its status and its text as the detail.
+async fn problems_only(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error()) {
+        return response;
+    }
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let detail = String::from_utf8_lossy(&text).trim().to_owned();
+    let mut problem = match parts.status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(0),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::unsupported_media_type(),
+        StatusCode::NOT_FOUND => ApiError::route_not_found(),
+        status if status.is_server_error() => ApiError::internal(),
+        _ => ApiError::bad_request(if detail.is_empty() {
+            "bad request".to_owned()
+        } else {
+            detail
+        }),
+    }
+    .into_response();
+    *problem.status_mut() = parts.status;
+    problem
+}
+
+/// Serves the API on `listener` until `shutdown`, then drains.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let addr = listener.local_addr()?;
+    info!(%addr, "api listening");
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+/// `kurir api`: bind `KURIR_API_ADDR` and serve.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), String> {
+    let state = AppState::new(&config, &shutdown)?;
+    let listener = tokio::net::TcpListener::bind(config.api.api_addr)
+        .await
+        .map_err(|err| {
+            format!(
+                "cannot listen on KURIR_API_ADDR={}: {err}",
+                config.api.api_addr
+            )
+        })?;
+    serve(state, listener, shutdown)
+        .await
+        .map_err(|err| format!("api server failed: {err}"))
+}

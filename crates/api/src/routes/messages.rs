@@ -1,0 +1,152 @@
+//! Messages: send (the seed endpoint), poll one, list a user's.
+
+use axum::{
+    Json,
+    extract::{Path, Query, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+};
+use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
+use kurir_store::{messages, pipeline::Publishable, timed, users};
+use serde::Deserialize;
+
+use super::users::user_id;
+use crate::{
+    AppState,
+    dto::{Accepted, MessageBody, MessageList, decode_cursor, encode_cursor, parse_limit},
+    error::{ApiError, ApiResult},
+    extract::{Account, JsonBody},
+};
+
+#[derive(Debug, Deserialize)]
+pub struct SendMessage {
+    message: Option<String>,
+}
+
+pub(crate) fn location(path: String) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&path) {
+        headers.insert(header::LOCATION, location);
+    }
+    headers
+}
+
+/// `POST /v1/users/{id}/messages`: 202 once the message is stored; the
+/// worker delivers it.
+pub async fn send(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(user): Path<String>,
+    JsonBody(body): JsonBody<SendMessage>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<Accepted>)> {
+    let user = user_id(&user)?;
+    let mut errors = ValidationErrors::default();
+    let text = errors.require("message", body.message);
+    let text = text.and_then(|raw| errors.check(Text::parse("message", &raw)));
+    let Some(text) = text else {
+        return Err(ApiError::validation(errors));
+    };
+    let id = MessageId::generate();
+    let message = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        messages::insert(&client, account, &user, id, &text, state.publish_lease).await
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("user"))?;
+    state
+        .dispatcher
+        .submit(Publishable {
+            kind: JobKind::Message,
+            id: message.id.0,
+            account,
+            attempts: 0,
+        })
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        location(format!("/v1/messages/{}", message.id)),
+        Json(Accepted {
+            message_id: message.id.to_string(),
+            message_status: message.status.as_str(),
+        }),
+    ))
+}
+
+pub fn message_id(raw: &str) -> ApiResult<MessageId> {
+    MessageId::parse(raw).ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// `GET /v1/messages/{message_id}`: poll a message's delivery state.
+pub async fn get(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<String>,
+) -> ApiResult<Json<MessageBody>> {
+    let id = message_id(&id)?;
+    let message = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        messages::get(&client, account, id).await
+    })
+    .await?;
+    message
+        .map(|message| Json(message.into()))
+        .ok_or_else(|| ApiError::not_found("message"))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+const CURSOR_TAG: &str = "m";
+
+/// `GET /v1/users/{id}/messages`: newest first, optionally of one status.
+pub async fn list(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(user): Path<String>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult<Json<MessageList>> {
+    let user = user_id(&user)?;
+    let limit = parse_limit(query.limit.as_deref())?;
+    let status = match query.status.as_deref() {
+        None | Some("") => None,
+        Some(raw) => Some(raw.parse::<MessageStatus>().map_err(|_| {
+            ApiError::field(
+                "status",
+                "must be one of queued, sending, sent, delivered, read, failed",
+            )
+        })?),
+    };
+    let before = match query.cursor.as_deref() {
+        None | Some("") => None,
+        Some(cursor) => Some(
+            MessageId::parse(&decode_cursor(CURSOR_TAG, cursor)?)
+                .ok_or_else(|| ApiError::field("cursor", "is not a cursor this list gave out"))?,
+        ),
+    };
+    let (mut page, user_exists) = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        let page =
+            messages::list_for_user(&client, account, &user, status, before, limit + 1).await?;
+        // An empty page may mean "no such user": tell the two apart.
+        let exists = !page.is_empty() || users::get(&client, account, &user).await?.is_some();
+        Ok((page, exists))
+    })
+    .await?;
+    if !user_exists {
+        return Err(ApiError::not_found("user"));
+    }
+    let next_cursor = if page.len() as i64 > limit {
+        page.truncate(limit as usize);
+        page.last()
+            .map(|message| encode_cursor(CURSOR_TAG, &message.id.to_string()))
+    } else {
+        None
+    };
+    Ok(Json(MessageList {
+        messages: page.into_iter().map(MessageBody::from).collect(),
+        next_cursor,
+    }))
+}

@@ -1,0 +1,81 @@
+//! Status updates: set a user's status (the seed endpoint), poll one.
+
+use axum::{
+    Json,
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+};
+use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
+use kurir_store::{pipeline::Publishable, status_updates, timed};
+use serde::Deserialize;
+
+use super::{messages::location, users::user_id};
+use crate::{
+    AppState,
+    dto::{StatusAccepted, StatusUpdateBody},
+    error::{ApiError, ApiResult},
+    extract::{Account, JsonBody},
+};
+
+#[derive(Debug, Deserialize)]
+pub struct SetStatus {
+    status: Option<String>,
+}
+
+/// `POST /v1/users/{id}/status`: 202 once stored; when the worker succeeds,
+/// the user's `status` becomes the new text.
+pub async fn set(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(user): Path<String>,
+    JsonBody(body): JsonBody<SetStatus>,
+) -> ApiResult<(StatusCode, HeaderMap, Json<StatusAccepted>)> {
+    let user = user_id(&user)?;
+    let mut errors = ValidationErrors::default();
+    let text = errors.require("status", body.status);
+    let text = text.and_then(|raw| errors.check(StatusText::parse("status", &raw)));
+    let Some(text) = text else {
+        return Err(ApiError::validation(errors));
+    };
+    let id = StatusUpdateId::generate();
+    let update = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        status_updates::insert(&client, account, &user, id, &text, state.publish_lease).await
+    })
+    .await?
+    .ok_or_else(|| ApiError::not_found("user"))?;
+    state
+        .dispatcher
+        .submit(Publishable {
+            kind: JobKind::StatusUpdate,
+            id: update.id.0,
+            account,
+            attempts: 0,
+        })
+        .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        location(format!("/v1/status-updates/{}", update.id)),
+        Json(StatusAccepted {
+            status_update_id: update.id.to_string(),
+            status_update: update.state.public(),
+        }),
+    ))
+}
+
+/// `GET /v1/status-updates/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Path(id): Path<String>,
+) -> ApiResult<Json<StatusUpdateBody>> {
+    let id = StatusUpdateId::parse(&id).ok_or_else(|| ApiError::not_found("status update"))?;
+    let update = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        status_updates::get(&client, account, id).await
+    })
+    .await?;
+    update
+        .map(|update| Json(update.into()))
+        .ok_or_else(|| ApiError::not_found("status update"))
+}

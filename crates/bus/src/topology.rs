@@ -1,0 +1,168 @@
+//! Exchanges and queues, all named under `KURIR_QUEUE_PREFIX`:
+//!
+//! ```text
+//! {p}            direct ──"deliver"──▶ {p}.deliveries  quorum, x-delivery-limit,
+//!                                                       dead-letters to {p}.dlx
+//! {p}.dlx        direct ──"deliver"──▶ {p}.redeliver   envelopes the broker gave up on
+//!                       ──"undecodable"─▶ {p}.dead      for a person to look at
+//! ```
+//! Workers consume `{p}.deliveries`, and `{p}.redeliver` to hand envelopes
+//! that hit the delivery limit back to the relay, so even those are not lost.
+//! Only plain AMQP 0-9-1 and quorum-queue arguments that RabbitMQ 3.10 and 4.x
+//! both accept are used.
+
+use lapin::{
+    Channel, ExchangeKind,
+    options::{
+        ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+        QueueDeleteOptions,
+    },
+    types::{AMQPValue, FieldTable},
+};
+
+/// After this many deliveries of one envelope (each ended by a worker dying
+/// before its ack) the broker dead-letters it to `{p}.redeliver`.
+pub const DELIVERY_LIMIT: i64 = 20;
+
+pub const ROUTE_DELIVER: &str = "deliver";
+pub const ROUTE_UNDECODABLE: &str = "undecodable";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    pub prefix: String,
+}
+
+impl Topology {
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+        }
+    }
+
+    pub fn exchange(&self) -> String {
+        self.prefix.clone()
+    }
+
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.prefix)
+    }
+
+    pub fn deliveries(&self) -> String {
+        format!("{}.deliveries", self.prefix)
+    }
+
+    pub fn redeliver(&self) -> String {
+        format!("{}.redeliver", self.prefix)
+    }
+
+    pub fn dead(&self) -> String {
+        format!("{}.dead", self.prefix)
+    }
+
+    fn quorum(dead_letter_exchange: Option<String>) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
+        if let Some(exchange) = dead_letter_exchange {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DELIVERY_LIMIT),
+            );
+            args.insert(
+                "x-dead-letter-exchange".into(),
+                AMQPValue::LongString(exchange.as_str().into()),
+            );
+            // Dead-letter at least once, not at most once (quorum queues, 3.10+).
+            args.insert(
+                "x-dead-letter-strategy".into(),
+                AMQPValue::LongString("at-least-once".into()),
+            );
+            args.insert(
+                "x-overflow".into(),
+                AMQPValue::LongString("reject-publish".into()),
+            );
+        }
+        args
+    }
+
+    /// Declares everything (idempotent). lapin replays these declarations
+    /// itself after a reconnect.
+    pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let queue = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .exchange_declare(
+                self.exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .exchange_declare(
+                self.dead_letter_exchange().into(),
+                ExchangeKind::Direct,
+                durable,
+                FieldTable::default(),
+            )
+            .await?;
+        let bindings = [
+            (
+                self.deliveries(),
+                self.exchange(),
+                ROUTE_DELIVER,
+                Some(self.dead_letter_exchange()),
+            ),
+            (
+                self.redeliver(),
+                self.dead_letter_exchange(),
+                ROUTE_DELIVER,
+                None,
+            ),
+            (
+                self.dead(),
+                self.dead_letter_exchange(),
+                ROUTE_UNDECODABLE,
+                None,
+            ),
+        ];
+        for (name, exchange, route, dlx) in bindings {
+            channel
+                .queue_declare(name.as_str().into(), queue, Self::quorum(dlx))
+                .await?;
+            channel
+                .queue_bind(
+                    name.as_str().into(),
+                    exchange.into(),
+                    route.into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Deletes everything (tests clean up after themselves with this).
+    pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
+        for queue in [self.deliveries(), self.redeliver(), self.dead()] {
+            channel
+                .queue_delete(queue.into(), QueueDeleteOptions::default())
+                .await?;
+        }
+        for exchange in [self.exchange(), self.dead_letter_exchange()] {
+            channel
+                .exchange_delete(exchange.into(), ExchangeDeleteOptions::default())
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,327 @@
+//! Typed configuration. Every setting is a command-line flag and an environment
+//! variable with a documented default, checked when the process starts: a bad
+//! value stops it with one line naming the setting.
+//!
+//! The binaries flatten these groups into their subcommands; tests build them
+//! with [`defaults`] and then override what they need.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::{Args, FromArgMatches, ValueEnum};
+
+/// The defaults of a settings group (flags absent; environment variables still
+/// apply, so a test run honours `DATABASE_URL` and `AMQP_URL`).
+pub fn defaults<T: Args + FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("kurir").no_binary_name(true));
+    let matches = command
+        .try_get_matches_from(std::iter::empty::<String>())
+        .unwrap_or_else(|err| panic!("invalid kurir settings in the environment: {err}"));
+    T::from_arg_matches(&matches)
+        .unwrap_or_else(|err| panic!("invalid kurir settings in the environment: {err}"))
+}
+
+fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|err| format!("{err} (examples: 500ms, 10s, 5m, 24h)"))
+}
+
+fn positive_duration(raw: &str) -> Result<Duration, String> {
+    let value = duration(raw)?;
+    if value.is_zero() {
+        return Err("must be more than zero".into());
+    }
+    Ok(value)
+}
+
+fn unit_interval(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw.parse().map_err(|_| "must be a number".to_owned())?;
+    if !(0.0..=1.0).contains(&value) {
+        return Err("must be between 0 and 1".into());
+    }
+    Ok(value)
+}
+
+fn factor(raw: &str) -> Result<f64, String> {
+    let value: f64 = raw.parse().map_err(|_| "must be a number".to_owned())?;
+    if !(1.0..=10.0).contains(&value) {
+        return Err("must be between 1 and 10".into());
+    }
+    Ok(value)
+}
+
+/// Postgres connection settings.
+#[derive(Debug, Clone, Args)]
+pub struct DatabaseArgs {
+    /// Postgres URL. `kurir migrate` creates the database if it is missing.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@127.0.0.1:5432/kurir"
+    )]
+    pub database_url: String,
+
+    /// Connections in this process's pool. Postgres allows 100 in all by default:
+    /// keep (api + workers) × this well under it.
+    #[arg(long, env = "KURIR_DB_POOL_SIZE", default_value_t = 10,
+          value_parser = clap::value_parser!(u32).range(1..=200))]
+    pub db_pool_size: u32,
+
+    /// How long to wait to connect, for a pooled connection, or for one statement
+    /// before answering 503 / retrying.
+    #[arg(long, env = "KURIR_DB_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    pub db_timeout: Duration,
+}
+
+/// RabbitMQ connection settings.
+#[derive(Debug, Clone, Args)]
+pub struct BusArgs {
+    /// AMQP URL (amqp:// or amqps://). `?heartbeat=N` sets the heartbeat in seconds.
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+
+    /// Prefix of every exchange and queue kurir declares, so several
+    /// installations can share one broker.
+    #[arg(long, env = "KURIR_QUEUE_PREFIX", default_value = "kurir",
+          value_parser = queue_prefix)]
+    pub queue_prefix: String,
+}
+
+fn queue_prefix(raw: &str) -> Result<String, String> {
+    let ok = !raw.is_empty()
+        && raw.len() <= 100
+        && raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    if ok {
+        Ok(raw.to_owned())
+    } else {
+        Err("must be 1 to 100 letters, digits, '_', '-' or '.'".into())
+    }
+}
+
+/// Settings both the API and the worker use for the delivery pipeline.
+#[derive(Debug, Clone, Args)]
+pub struct PipelineArgs {
+    /// How long whoever publishes a row (the API right after accepting it, or a
+    /// relay) owns it before another relay may publish it again.
+    #[arg(long, env = "KURIR_PUBLISH_LEASE", default_value = "10s", value_parser = positive_duration)]
+    pub publish_lease: Duration,
+
+    /// How long to wait for in-flight work to finish on SIGTERM/SIGINT.
+    #[arg(long, env = "KURIR_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+}
+
+/// `kurir api` settings.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Address the HTTP API listens on.
+    #[arg(long, env = "KURIR_API_ADDR", default_value = "127.0.0.1:8080")]
+    pub api_addr: SocketAddr,
+
+    /// Largest request body accepted, in bytes (larger is 413).
+    #[arg(long, env = "KURIR_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
+          value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
+    pub max_body_bytes: u64,
+}
+
+/// Which provider the worker delivers through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ProviderKind {
+    /// Accepts and logs; no network. The default, so a first run works.
+    Log,
+    /// The WhatsApp Cloud API (or kurir-sandbox, which speaks it).
+    Whatsapp,
+    /// A signed JSON POST to one URL.
+    Webhook,
+}
+
+/// Provider settings.
+#[derive(Debug, Clone, Args)]
+pub struct ProviderArgs {
+    /// log, whatsapp or webhook.
+    #[arg(long, env = "KURIR_PROVIDER", value_enum, default_value_t = ProviderKind::Log)]
+    pub provider: ProviderKind,
+
+    /// How long one provider call may take before it counts as a retryable timeout.
+    #[arg(long, env = "KURIR_PROVIDER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub provider_timeout: Duration,
+
+    /// WhatsApp Cloud API base URL, version segment included.
+    #[arg(
+        long,
+        env = "KURIR_WHATSAPP_BASE_URL",
+        default_value = "https://graph.facebook.com/v21.0"
+    )]
+    pub whatsapp_base_url: String,
+
+    /// WhatsApp Cloud API bearer token.
+    #[arg(long, env = "KURIR_WHATSAPP_TOKEN", hide_env_values = true)]
+    pub whatsapp_token: Option<String>,
+
+    /// The sending phone number's id.
+    #[arg(long, env = "KURIR_WHATSAPP_PHONE_NUMBER_ID")]
+    pub whatsapp_phone_number_id: Option<String>,
+
+    /// Generic webhook provider: the URL each event is POSTed to.
+    #[arg(long, env = "KURIR_WEBHOOK_URL")]
+    pub webhook_url: Option<String>,
+
+    /// Generic webhook provider: the HMAC-SHA256 signing secret
+    /// (`whsec_` + base64, or any other string used as raw bytes).
+    #[arg(long, env = "KURIR_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}
+
+impl ProviderArgs {
+    /// Cross-field checks clap cannot express: the chosen provider's settings are set.
+    pub fn check(&self) -> Result<(), String> {
+        let http_url = |name: &str, value: &str| -> Result<(), String> {
+            match url::Url::parse(value) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
+                _ => Err(format!("{name} must be an http(s) URL, got {value:?}")),
+            }
+        };
+        match self.provider {
+            ProviderKind::Log => Ok(()),
+            ProviderKind::Whatsapp => {
+                http_url("KURIR_WHATSAPP_BASE_URL", &self.whatsapp_base_url)?;
+                if self.whatsapp_token.as_deref().unwrap_or("").is_empty() {
+                    return Err("KURIR_PROVIDER=whatsapp needs KURIR_WHATSAPP_TOKEN".into());
+                }
+                if self
+                    .whatsapp_phone_number_id
+                    .as_deref()
+                    .unwrap_or("")
+                    .is_empty()
+                {
+                    return Err(
+                        "KURIR_PROVIDER=whatsapp needs KURIR_WHATSAPP_PHONE_NUMBER_ID".into(),
+                    );
+                }
+                Ok(())
+            }
+            ProviderKind::Webhook => {
+                let url = self
+                    .webhook_url
+                    .as_deref()
+                    .ok_or("KURIR_PROVIDER=webhook needs KURIR_WEBHOOK_URL")?;
+                http_url("KURIR_WEBHOOK_URL", url)?;
+                if self.webhook_secret.as_deref().unwrap_or("").is_empty() {
+                    return Err("KURIR_PROVIDER=webhook needs KURIR_WEBHOOK_SECRET".into());
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The retry schedule: exponential backoff with jitter, capped, with a deadline.
+#[derive(Debug, Clone, Args)]
+pub struct RetryArgs {
+    /// Delay before the first retry.
+    #[arg(long, env = "KURIR_RETRY_INITIAL", default_value = "1s", value_parser = positive_duration)]
+    pub retry_initial: Duration,
+
+    /// Each retry waits this many times longer than the one before.
+    #[arg(long, env = "KURIR_RETRY_FACTOR", default_value_t = 2.0, value_parser = factor)]
+    pub retry_factor: f64,
+
+    /// Random spread of each delay: 0.25 means ±25 %.
+    #[arg(long, env = "KURIR_RETRY_JITTER", default_value_t = 0.25, value_parser = unit_interval)]
+    pub retry_jitter: f64,
+
+    /// Longest delay between two attempts.
+    #[arg(long, env = "KURIR_RETRY_MAX_INTERVAL", default_value = "10m", value_parser = positive_duration)]
+    pub retry_max_interval: Duration,
+
+    /// Give up (status `failed`) once a message is this old.
+    #[arg(long, env = "KURIR_RETRY_MAX_AGE", default_value = "24h", value_parser = positive_duration)]
+    pub retry_max_age: Duration,
+}
+
+/// `kurir worker` settings.
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    /// Deliveries in flight at once in this worker (also the broker prefetch).
+    #[arg(long, env = "KURIR_WORKER_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    pub worker_concurrency: u16,
+
+    /// Address of the worker's health endpoints (`/healthz`, `/readyz`).
+    #[arg(
+        long,
+        env = "KURIR_WORKER_METRICS_ADDR",
+        default_value = "127.0.0.1:9091"
+    )]
+    pub worker_metrics_addr: SocketAddr,
+
+    /// How long a worker owns a row it is delivering; a worker that dies
+    /// mid-delivery gives it up after this. Must exceed the provider timeout.
+    #[arg(long, env = "KURIR_DELIVERY_LEASE", default_value = "60s", value_parser = positive_duration)]
+    pub delivery_lease: Duration,
+
+    /// The relay's poll interval when no notification wakes it.
+    #[arg(long, env = "KURIR_RELAY_INTERVAL", default_value = "1s", value_parser = positive_duration)]
+    pub relay_interval: Duration,
+
+    /// Rows the relay claims and publishes per round.
+    #[arg(long, env = "KURIR_RELAY_BATCH", default_value_t = 500,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub relay_batch: u32,
+}
+
+impl WorkerArgs {
+    pub fn check(&self, provider: &ProviderArgs) -> Result<(), String> {
+        if self.delivery_lease <= provider.provider_timeout {
+            return Err(format!(
+                "KURIR_DELIVERY_LEASE ({}) must be longer than KURIR_PROVIDER_TIMEOUT ({})",
+                humantime::format_duration(self.delivery_lease),
+                humantime::format_duration(provider.provider_timeout)
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let provider: ProviderArgs = defaults();
+        let worker: WorkerArgs = defaults();
+        let retry: RetryArgs = defaults();
+        assert_eq!(retry.retry_initial, Duration::from_secs(1));
+        assert_eq!(retry.retry_max_interval, Duration::from_secs(600));
+        assert_eq!(retry.retry_max_age, Duration::from_secs(24 * 3600));
+        assert!(worker.check(&provider).is_ok());
+    }
+
+    #[test]
+    fn a_chosen_provider_needs_its_settings() {
+        let mut provider: ProviderArgs = defaults();
+        provider.provider = ProviderKind::Whatsapp;
+        provider.whatsapp_token = None;
+        let err = provider.check().unwrap_err();
+        assert!(err.contains("KURIR_WHATSAPP_TOKEN"), "{err}");
+        provider.provider = ProviderKind::Webhook;
+        provider.webhook_url = Some("not a url".into());
+        let err = provider.check().unwrap_err();
+        assert!(err.contains("KURIR_WEBHOOK_URL"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_the_setting() {
+        let command = RetryArgs::augment_args(clap::Command::new("kurir").no_binary_name(true));
+        let err = command
+            .try_get_matches_from(["--retry-jitter", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--retry-jitter"), "{err}");
+    }
+}

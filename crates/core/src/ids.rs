@@ -1,0 +1,150 @@
+//! Identifiers. Message and status-update ids are UUIDv7 (time-ordered, so
+//! "newest first" is an index scan); user ids may be chosen by the client.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::validate::FieldError;
+
+/// An account: the tenant that owns users, messages, status updates and keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct AccountId(pub i64);
+
+impl fmt::Display for AccountId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A user id: `[A-Za-z0-9_-]{1,64}`, chosen by the client or generated.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct UserId(String);
+
+impl UserId {
+    pub const MAX_LEN: usize = 64;
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
+        if raw.is_empty() || raw.len() > Self::MAX_LEN {
+            return Err(FieldError::new(field, "must be 1 to 64 characters long"));
+        }
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(FieldError::new(
+                field,
+                "may contain only letters, digits, '_' and '-'",
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    /// A fresh id for a user created without one: `usr_` and 26 base-32 characters.
+    pub fn generate() -> Self {
+        Self(format!("usr_{}", Uuid::now_v7().simple()))
+    }
+
+    /// Wraps a value read back from the database, which only ever stores parsed ids.
+    pub fn from_trusted(raw: String) -> Self {
+        Self(raw)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for UserId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! uuid_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Uuid);
+
+        impl $name {
+            pub fn generate() -> Self {
+                Self(Uuid::now_v7())
+            }
+
+            /// Parses a path segment; anything that is not a UUID names no resource.
+            pub fn parse(raw: &str) -> Option<Self> {
+                Uuid::try_parse(raw).ok().map(Self)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+uuid_id!(
+    /// A message accepted for delivery.
+    MessageId
+);
+uuid_id!(
+    /// A status update accepted for delivery.
+    StatusUpdateId
+);
+
+/// The two kinds of work that travel the same path (accept, relay, deliver).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Message,
+    StatusUpdate,
+}
+
+impl JobKind {
+    pub const ALL: [JobKind; 2] = [JobKind::Message, JobKind::StatusUpdate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Message => "message",
+            JobKind::StatusUpdate => "status_update",
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_follow_the_contract() {
+        assert!(UserId::parse("id", "user123").is_ok());
+        assert!(UserId::parse("id", "a-b_C9").is_ok());
+        assert!(UserId::parse("id", &"x".repeat(64)).is_ok());
+        assert!(UserId::parse("id", &"x".repeat(65)).is_err());
+        assert!(UserId::parse("id", "").is_err());
+        assert!(UserId::parse("id", "has space").is_err());
+        assert!(UserId::parse("id", "ünï").is_err());
+        let generated = UserId::generate();
+        assert!(UserId::parse("id", generated.as_str()).is_ok());
+    }
+
+    #[test]
+    fn uuid_ids_parse_only_uuids() {
+        assert!(MessageId::parse("not-a-uuid").is_none());
+        let id = MessageId::generate();
+        assert_eq!(MessageId::parse(&id.to_string()), Some(id));
+    }
+}

@@ -1,0 +1,18 @@
+//! kurir's domain: identifiers, validated values, the delivery state machines
+//! and the typed configuration every binary reads.
+//!
+//! This crate owns the rules ("a phone number is E.164", "a message status only
+//! moves forward"). It does no I/O: no SQL, no AMQP, no HTTP. Once a value has
+//! one of these types it is valid, so nothing downstream re-checks it.
+
+pub mod apikey;
+pub mod config;
+pub mod ids;
+pub mod status;
+pub mod validate;
+
+pub use ids::{AccountId, JobKind, MessageId, StatusUpdateId, UserId};
+pub use status::{LastError, MessageStatus, StatusUpdateState};
+pub use validate::{
+    FieldError, MessageBody, PhoneNumber, ProfileImage, StatusText, UserName, ValidationErrors,
+};

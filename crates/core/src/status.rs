@@ -1,0 +1,167 @@
+//! Delivery state machines. A message only moves forward:
+//! `queued → sending → sent → delivered → read`, or to `failed`; a retry waiting
+//! for its time goes back to `queued` (with `attempts > 0`).
+
+use std::{fmt, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MessageStatus {
+    Queued,
+    Sending,
+    Sent,
+    Delivered,
+    Read,
+    Failed,
+}
+
+impl MessageStatus {
+    pub const ALL: [MessageStatus; 6] = [
+        MessageStatus::Queued,
+        MessageStatus::Sending,
+        MessageStatus::Sent,
+        MessageStatus::Delivered,
+        MessageStatus::Read,
+        MessageStatus::Failed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageStatus::Queued => "queued",
+            MessageStatus::Sending => "sending",
+            MessageStatus::Sent => "sent",
+            MessageStatus::Delivered => "delivered",
+            MessageStatus::Read => "read",
+            MessageStatus::Failed => "failed",
+        }
+    }
+
+    /// Final for the sender: the provider has answered for good. Receipts may
+    /// still move `sent` on to `delivered` and `read`.
+    pub fn is_final(self) -> bool {
+        !matches!(self, MessageStatus::Queued | MessageStatus::Sending)
+    }
+
+    /// Whether a provider receipt may move a message from `self` to `next`.
+    /// Receipts only move forward; duplicates and late arrivals are no-ops.
+    pub fn receipt_may_advance(self, next: MessageStatus) -> bool {
+        use MessageStatus::*;
+        matches!(
+            (self, next),
+            (Sent, Delivered) | (Sent, Read) | (Delivered, Read) | (Sent, Failed)
+        )
+    }
+}
+
+impl fmt::Display for MessageStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The error of the last failed attempt, as clients see it in `last_error`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    /// The provider's code (`"131026"`) or one of ours (`"timeout"`, `"expired"`).
+    pub code: String,
+    pub detail: String,
+    /// Whether kurir will try again (or would have, before giving up).
+    pub retryable: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state {0:?}")]
+pub struct UnknownState(pub String);
+
+impl FromStr for MessageStatus {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MessageStatus::ALL
+            .into_iter()
+            .find(|status| status.as_str() == s)
+            .ok_or_else(|| UnknownState(s.to_owned()))
+    }
+}
+
+/// A status update's state. `sending` is internal (a worker holds it); the API
+/// shows it as `queued`, the contract's three values being `queued`, `success`
+/// and `failed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StatusUpdateState {
+    Queued,
+    Sending,
+    Success,
+    Failed,
+}
+
+impl StatusUpdateState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StatusUpdateState::Queued => "queued",
+            StatusUpdateState::Sending => "sending",
+            StatusUpdateState::Success => "success",
+            StatusUpdateState::Failed => "failed",
+        }
+    }
+
+    /// The value clients see in `status_update`.
+    pub fn public(self) -> &'static str {
+        match self {
+            StatusUpdateState::Queued | StatusUpdateState::Sending => "queued",
+            StatusUpdateState::Success => "success",
+            StatusUpdateState::Failed => "failed",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        matches!(self, StatusUpdateState::Success | StatusUpdateState::Failed)
+    }
+}
+
+impl FromStr for StatusUpdateState {
+    type Err = UnknownState;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "queued" => Ok(StatusUpdateState::Queued),
+            "sending" => Ok(StatusUpdateState::Sending),
+            "success" => Ok(StatusUpdateState::Success),
+            "failed" => Ok(StatusUpdateState::Failed),
+            other => Err(UnknownState(other.to_owned())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_round_trip_through_text() {
+        for status in MessageStatus::ALL {
+            assert_eq!(status.as_str().parse::<MessageStatus>(), Ok(status));
+        }
+        assert!("bogus".parse::<MessageStatus>().is_err());
+    }
+
+    #[test]
+    fn receipts_only_move_forward() {
+        use MessageStatus::*;
+        assert!(Sent.receipt_may_advance(Delivered));
+        assert!(Delivered.receipt_may_advance(Read));
+        assert!(Sent.receipt_may_advance(Read));
+        assert!(!Read.receipt_may_advance(Delivered));
+        assert!(!Delivered.receipt_may_advance(Delivered));
+        assert!(!Failed.receipt_may_advance(Delivered));
+        assert!(!Queued.receipt_may_advance(Sent));
+    }
+
+    #[test]
+    fn sending_status_updates_look_queued() {
+        assert_eq!(StatusUpdateState::Sending.public(), "queued");
+        assert_eq!(StatusUpdateState::Success.public(), "success");
+    }
+}

@@ -1,0 +1,154 @@
+//! kurir's Postgres layer: the pool, the migrations and every SQL statement.
+//!
+//! No other crate writes SQL. Functions here are small, take a
+//! [`GenericClient`] so callers can pass a pooled client or a transaction, and
+//! return rows already parsed into `kurir_core` types. They know nothing of
+//! HTTP or AMQP.
+
+use std::{future::Future, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, Timeouts};
+use kurir_core::config::DatabaseArgs;
+use tokio_postgres::{NoTls, error::SqlState};
+
+pub mod keys;
+pub mod listen;
+pub mod messages;
+pub mod migrate;
+pub mod pipeline;
+pub mod status_updates;
+pub mod users;
+
+pub use deadpool_postgres::{GenericClient, Object as Client, Pool as PgPool, Transaction};
+
+/// What went wrong talking to Postgres, sorted by what the caller should do.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Postgres is down, unreachable, out of connections or too slow: answer
+    /// 503 / try again later.
+    #[error("postgres unavailable: {0}")]
+    Unavailable(String),
+    /// A unique constraint refused the row; carries the constraint's name.
+    #[error("conflict on {constraint}")]
+    Conflict { constraint: String },
+    /// Anything else: a bug or a schema mismatch.
+    #[error("postgres error")]
+    Database(#[source] tokio_postgres::Error),
+    /// A row held a value this version cannot read.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    /// The migrations could not be applied.
+    #[error("migration failed: {0}")]
+    Migration(String),
+}
+
+impl StoreError {
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(err: tokio_postgres::Error) -> Self {
+        if let Some(db) = err.as_db_error() {
+            let code = db.code();
+            if *code == SqlState::UNIQUE_VIOLATION {
+                return StoreError::Conflict {
+                    constraint: db.constraint().unwrap_or_default().to_owned(),
+                };
+            }
+            let code = code.code();
+            // 08: connection exception, 53: insufficient resources,
+            // 57: operator intervention (shutdown, statement timeout)
+            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") {
+                return StoreError::Unavailable(db.message().to_owned());
+            }
+            return StoreError::Database(err);
+        }
+        // No server answer: the connection is closed or broken.
+        StoreError::Unavailable(err.to_string())
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for StoreError {
+    fn from(err: deadpool_postgres::PoolError) -> Self {
+        match err {
+            deadpool_postgres::PoolError::Backend(err) => err.into(),
+            other => StoreError::Unavailable(other.to_string()),
+        }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Runs one database interaction with a deadline, so a dead or stalled
+/// Postgres turns into [`StoreError::Unavailable`] instead of a hang.
+pub async fn timed<T>(limit: Duration, work: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, work).await {
+        Ok(result) => result,
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "no answer within {}ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
+/// The connection settings every kurir connection uses.
+pub fn pg_config(args: &DatabaseArgs) -> Result<tokio_postgres::Config, String> {
+    let mut config: tokio_postgres::Config = args
+        .database_url
+        .parse()
+        .map_err(|err| format!("DATABASE_URL is not a valid Postgres URL: {err}"))?;
+    if config.get_dbname().is_none() {
+        return Err("DATABASE_URL must name a database".into());
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("kurir");
+    }
+    config
+        .connect_timeout(args.db_timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .tcp_user_timeout(args.db_timeout.max(Duration::from_secs(5)));
+    // The server gives up on a statement before the client does.
+    let statement_timeout = args.db_timeout.as_millis();
+    config.options(format!("-c statement_timeout={statement_timeout}"));
+    Ok(config)
+}
+
+/// Builds the pool. Connections are made lazily, so this succeeds while
+/// Postgres is down; `/readyz` and the first query tell.
+pub fn pool(args: &DatabaseArgs) -> Result<Pool, String> {
+    let config = pg_config(args)?;
+    let manager = Manager::from_config(
+        config,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(args.db_pool_size as usize)
+        .runtime(Runtime::Tokio1)
+        .timeouts(Timeouts {
+            wait: Some(args.db_timeout),
+            create: Some(args.db_timeout),
+            recycle: Some(args.db_timeout),
+        })
+        .build()
+        .map_err(|err| format!("cannot build the Postgres pool: {err}"))
+}
+
+/// A cheap round trip, for readiness checks.
+pub async fn ping(pool: &Pool, limit: Duration) -> Result<()> {
+    timed(limit, async {
+        let client = pool.get().await?;
+        client.simple_query("SELECT 1").await?;
+        Ok(())
+    })
+    .await
+}
+
+pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(what.to_string())
+}

@@ -1,0 +1,78 @@
+//! LISTEN/NOTIFY: a dedicated connection that wakes the relay when a NOTIFY
+//! arrives on [`crate::pipeline::RELAY_CHANNEL`]. A hint only: the relay also
+//! polls, so a lost notification or a dropped connection costs latency, never
+//! a message. The connection is re-made on its own after a failure.
+
+use std::{sync::Arc, time::Duration};
+
+use futures_util::{StreamExt, stream};
+use tokio::sync::Notify;
+use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Starts listening on `channel`; `wake` is notified for each notification
+/// (and once after every (re)connect, in case one was missed meanwhile).
+pub fn spawn_listener(
+    config: tokio_postgres::Config,
+    channel: &'static str,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = Duration::from_millis(200);
+        while !shutdown.is_cancelled() {
+            match listen_once(&config, channel, &wake, &shutdown).await {
+                Ok(()) => backoff = Duration::from_millis(200),
+                Err(err) => {
+                    debug!(error = %err, "relay listener lost its connection; reconnecting");
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+        }
+    })
+}
+
+async fn listen_once(
+    config: &tokio_postgres::Config,
+    channel: &str,
+    wake: &Notify,
+    shutdown: &CancellationToken,
+) -> Result<(), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+    let sql = format!("LISTEN {channel}");
+    let listen = client.batch_execute(&sql);
+    // The LISTEN completes only while the connection is being driven.
+    tokio::pin!(listen);
+    loop {
+        tokio::select! {
+            result = &mut listen => { result?; break; }
+            message = messages.next() => match message {
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err),
+                None => return Ok(()),
+            },
+        }
+    }
+    wake.notify_one();
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            message = messages.next() => match message {
+                Some(Ok(AsyncMessage::Notification(_))) => wake.notify_one(),
+                Some(Ok(AsyncMessage::Notice(notice))) => debug!(%notice, "postgres notice"),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => {
+                    warn!(error = %err, "relay listener connection failed");
+                    return Err(err);
+                }
+                None => return Ok(()),
+            },
+        }
+    }
+}

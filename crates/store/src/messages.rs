@@ -1,0 +1,165 @@
+//! Messages as the API sees them: accept, read, list.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kurir_core::{AccountId, LastError, MessageBody, MessageId, MessageStatus, UserId};
+use tokio_postgres::Row;
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{GenericClient, Result, corrupt};
+
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub id: MessageId,
+    pub user_id: UserId,
+    pub body: MessageBody,
+    pub status: MessageStatus,
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<LastError>,
+    pub provider_message_id: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub sent_at: Option<DateTime<Utc>>,
+    pub delivered_at: Option<DateTime<Utc>>,
+    pub read_at: Option<DateTime<Utc>>,
+    pub failed_at: Option<DateTime<Utc>>,
+}
+
+/// `next_attempt_at` is shown only for a retry waiting for its time.
+const COLUMNS: &str = "m.id, m.user_id, m.body, m.state, m.attempts,
+     CASE WHEN m.state = 'queued' AND m.attempts > 0 THEN m.due_at END,
+     m.last_error, m.provider_message_id, m.created_at, m.updated_at,
+     m.sent_at, m.delivered_at, m.read_at, m.failed_at";
+
+pub(crate) fn last_error(value: Option<serde_json::Value>) -> Result<Option<LastError>> {
+    value
+        .map(|value| serde_json::from_value(value).map_err(corrupt))
+        .transpose()
+}
+
+fn from_row(row: &Row) -> Result<Message> {
+    Ok(Message {
+        id: MessageId(row.get(0)),
+        user_id: UserId::from_trusted(row.get(1)),
+        body: MessageBody::from_trusted(row.get(2)),
+        status: row.get::<_, &str>(3).parse().map_err(corrupt)?,
+        attempts: row.get(4),
+        next_attempt_at: row.get(5),
+        last_error: last_error(row.get(6))?,
+        provider_message_id: row.get(7),
+        created_at: row.get(8),
+        updated_at: row.get(9),
+        sent_at: row.get(10),
+        delivered_at: row.get(11),
+        read_at: row.get(12),
+        failed_at: row.get(13),
+    })
+}
+
+/// Accepts a message for `user`: one statement that checks the user belongs to
+/// the account and inserts the row, `queued`, with a publish lease held by the
+/// caller (who publishes it right after the commit). `None`: no such user.
+#[instrument(skip(client, body), fields(account_id = %account, user_id = %user))]
+pub async fn insert(
+    client: &impl GenericClient,
+    account: AccountId,
+    user: &UserId,
+    id: MessageId,
+    body: &MessageBody,
+    publish_lease: Duration,
+) -> Result<Option<Message>> {
+    let sql = format!(
+        "INSERT INTO messages AS m (id, account_id, user_id, body, publish_lease_until)
+         SELECT $1, u.account_id, u.id, $4, now() + make_interval(secs => $5)
+         FROM users u WHERE u.account_id = $2 AND u.id = $3
+         RETURNING {COLUMNS}"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &id.0,
+                &account.0,
+                &user.as_str(),
+                &body.as_str(),
+                &publish_lease.as_secs_f64(),
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    account: AccountId,
+    id: MessageId,
+) -> Result<Option<Message>> {
+    let sql = format!("SELECT {COLUMNS} FROM messages m WHERE m.account_id = $1 AND m.id = $2");
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client.query_opt(&statement, &[&account.0, &id.0]).await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+/// One page of a user's messages, newest first, older than `before` (exclusive).
+pub async fn list_for_user(
+    client: &impl GenericClient,
+    account: AccountId,
+    user: &UserId,
+    status: Option<MessageStatus>,
+    before: Option<MessageId>,
+    limit: i64,
+) -> Result<Vec<Message>> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM messages m
+         WHERE m.account_id = $1 AND m.user_id = $2
+           AND ($3::text IS NULL OR m.state = $3)
+           AND ($4::uuid IS NULL OR m.id < $4)
+         ORDER BY m.id DESC
+         LIMIT $5"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let rows = client
+        .query(
+            &statement,
+            &[
+                &account.0,
+                &user.as_str(),
+                &status.map(MessageStatus::as_str),
+                &before.map(|id| id.0),
+                &limit,
+            ],
+        )
+        .await?;
+    rows.iter().map(from_row).collect()
+}
+
+/// Test and operator helper: the raw pipeline columns of a message.
+#[derive(Debug, Clone)]
+pub struct PipelineState {
+    pub published: bool,
+    pub publish_lease_until: Option<DateTime<Utc>>,
+    pub lease_until: Option<DateTime<Utc>>,
+    pub due_at: DateTime<Utc>,
+}
+
+pub async fn pipeline_state(
+    client: &impl GenericClient,
+    id: Uuid,
+) -> Result<Option<PipelineState>> {
+    let row = client
+        .query_opt(
+            "SELECT published, publish_lease_until, lease_until, due_at FROM messages WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(row.map(|row| PipelineState {
+        published: row.get(0),
+        publish_lease_until: row.get(1),
+        lease_until: row.get(2),
+        due_at: row.get(3),
+    }))
+}

@@ -1,0 +1,101 @@
+//! `kurir migrate`: create the database if it is missing, then apply the
+//! embedded refinery migrations under an advisory lock, so any number of
+//! concurrent runs are safe.
+
+use tokio_postgres::{NoTls, error::SqlState};
+use tracing::info;
+
+use crate::{Result, StoreError};
+
+mod embedded {
+    refinery::embed_migrations!("migrations");
+}
+
+/// Any fixed number works as long as every kurir uses the same one.
+const MIGRATION_LOCK: i64 = 0x6b75_7269_725f_6d67; // "kurir_mg"
+
+/// Connects with `config`, spawning the connection driver.
+pub async fn connect(config: &tokio_postgres::Config) -> Result<tokio_postgres::Client> {
+    let (client, connection) = config.connect(NoTls).await?;
+    tokio::spawn(async move {
+        if let Err(err) = connection.await {
+            tracing::debug!(error = %err, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// Creates the database `config` names if it does not exist yet.
+pub async fn create_database_if_missing(config: &tokio_postgres::Config) -> Result<bool> {
+    let name = config
+        .get_dbname()
+        .ok_or_else(|| StoreError::Unavailable("DATABASE_URL names no database".into()))?
+        .to_owned();
+    let mut admin = config.clone();
+    admin.dbname("postgres");
+    let client = connect(&admin).await?;
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
+    if exists {
+        return Ok(false);
+    }
+    let sql = format!("CREATE DATABASE {}", quote_ident(&name));
+    match client.batch_execute(&sql).await {
+        Ok(()) => {
+            info!(database = %name, "created database");
+            Ok(true)
+        }
+        // Another `kurir migrate` won the race: fine.
+        Err(err)
+            if err.code() == Some(&SqlState::DUPLICATE_DATABASE)
+                || err.code() == Some(&SqlState::UNIQUE_VIOLATION) =>
+        {
+            Ok(false)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Applies every pending migration; returns how many were applied.
+pub async fn run(config: &tokio_postgres::Config) -> Result<usize> {
+    create_database_if_missing(config).await?;
+    // Migrations may take longer than the statement timeout meant for requests.
+    let mut config = config.clone();
+    config.options("-c statement_timeout=0");
+    let mut client = connect(&config).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await?;
+    let report = embedded::migrations::runner()
+        .set_abort_divergent(true)
+        .run_async(&mut client)
+        .await;
+    // Unlock whatever happened; closing the connection would too.
+    let _ = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await;
+    let report = report.map_err(|err| StoreError::Migration(err.to_string()))?;
+    let applied = report.applied_migrations().len();
+    for migration in report.applied_migrations() {
+        info!(migration = %migration, "applied migration");
+    }
+    Ok(applied)
+}
+
+/// Quotes an SQL identifier ("my db" → "\"my db\"").
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quote_ident;
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("kurir"), "\"kurir\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+    }
+}

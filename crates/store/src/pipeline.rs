@@ -1,0 +1,458 @@
+//! The delivery pipeline's SQL, shared by both kinds of work (messages and
+//! status updates have the same pipeline columns; see the first migration).
+//!
+//! - publishing: [`claim_for_publish`] (the relay), [`mark_published`],
+//!   [`release_publish`], [`unpublish`];
+//! - delivering: [`claim_message`] / [`claim_status_update`] (queued → sending,
+//!   attempts + 1, with a lease), then [`record`] and [`insert_attempt`] in one
+//!   transaction; [`requeue_expired`] gives back rows whose worker died.
+//!
+//! `attempts` fences stale writers: an outcome is recorded only if the row is
+//! still `sending` at the attempt the writer claimed, and a publish is marked
+//! only if the row is still `queued` at the attempt that was published.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kurir_core::{AccountId, JobKind, LastError, MessageBody, PhoneNumber, StatusText, UserId};
+use tracing::instrument;
+use uuid::Uuid;
+
+use crate::{GenericClient, Result, corrupt};
+
+/// The channel the relay LISTENs on; a NOTIFY there wakes it early.
+pub const RELAY_CHANNEL: &str = "kurir_relay";
+
+fn table(kind: JobKind) -> &'static str {
+    match kind {
+        JobKind::Message => "messages",
+        JobKind::StatusUpdate => "status_updates",
+    }
+}
+
+fn secs(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+/// A row to publish: enough for the envelope and for fencing the mark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Publishable {
+    pub kind: JobKind,
+    pub id: Uuid,
+    pub account: AccountId,
+    pub attempts: i32,
+}
+
+/// Claims up to `limit` due, unpublished rows that nobody is publishing, for
+/// `lease`. Concurrent relays skip each other's rows.
+#[instrument(skip(client))]
+pub async fn claim_for_publish(
+    client: &impl GenericClient,
+    kind: JobKind,
+    limit: i64,
+    lease: Duration,
+) -> Result<Vec<Publishable>> {
+    let t = table(kind);
+    let sql = format!(
+        "UPDATE {t} SET publish_lease_until = now() + make_interval(secs => $2)
+         WHERE id IN (
+             SELECT id FROM {t}
+             WHERE state = 'queued' AND NOT published AND due_at <= now()
+               AND (publish_lease_until IS NULL OR publish_lease_until < now())
+             ORDER BY due_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, account_id, attempts"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let rows = client.query(&statement, &[&limit, &secs(lease)]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| Publishable {
+            kind,
+            id: row.get(0),
+            account: AccountId(row.get(1)),
+            attempts: row.get(2),
+        })
+        .collect())
+}
+
+fn split(rows: &[Publishable]) -> (Vec<Uuid>, Vec<i32>) {
+    rows.iter().map(|row| (row.id, row.attempts)).unzip()
+}
+
+/// Marks rows the broker confirmed. Rows that moved on meanwhile (a worker
+/// already claimed them) are left alone. `rows` must all be of `kind`.
+pub async fn mark_published(
+    client: &impl GenericClient,
+    kind: JobKind,
+    rows: &[Publishable],
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let t = table(kind);
+    let sql = format!(
+        "UPDATE {t} AS t SET published = true, publish_lease_until = NULL
+         FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
+         WHERE t.id = p.id AND t.attempts = p.attempts AND t.state = 'queued'"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let (ids, attempts) = split(rows);
+    Ok(client.execute(&statement, &[&ids, &attempts]).await?)
+}
+
+/// Gives up the publish lease of rows that could not be published, so the
+/// next relay round takes them at once, and wakes the relays.
+pub async fn release_publish(
+    client: &impl GenericClient,
+    kind: JobKind,
+    rows: &[Publishable],
+) -> Result<u64> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let t = table(kind);
+    let sql = format!(
+        "WITH released AS (
+             UPDATE {t} AS t SET publish_lease_until = NULL
+             FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
+             WHERE t.id = p.id AND t.attempts = p.attempts
+               AND t.state = 'queued' AND NOT t.published
+             RETURNING 1)
+         SELECT count(*), pg_notify('{RELAY_CHANNEL}', '') FROM released"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let (ids, attempts) = split(rows);
+    let row = client.query_one(&statement, &[&ids, &attempts]).await?;
+    Ok(row.get::<_, i64>(0) as u64)
+}
+
+/// The broker lost its copy (dead-lettered after too many deliveries): mark
+/// the row unpublished so the relay publishes it again.
+pub async fn unpublish(client: &impl GenericClient, kind: JobKind, id: Uuid) -> Result<bool> {
+    let t = table(kind);
+    let sql = format!(
+        "UPDATE {t} SET published = false, publish_lease_until = NULL
+         WHERE id = $1 AND state = 'queued' AND published"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    Ok(client.execute(&statement, &[&id]).await? == 1)
+}
+
+/// Puts rows whose delivery lease expired (their worker died) back in the
+/// queue, unpublished, due now. Returns how many.
+#[instrument(skip(client))]
+pub async fn requeue_expired(
+    client: &impl GenericClient,
+    kind: JobKind,
+    limit: i64,
+) -> Result<u64> {
+    let t = table(kind);
+    let sql = format!(
+        "UPDATE {t} SET state = 'queued', lease_until = NULL, published = false,
+                        publish_lease_until = NULL, due_at = now(), updated_at = now()
+         WHERE id IN (
+             SELECT id FROM {t}
+             WHERE state = 'sending' AND lease_until < now()
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED)"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    Ok(client.execute(&statement, &[&limit]).await?)
+}
+
+/// A message a worker now holds.
+#[derive(Debug, Clone)]
+pub struct ClaimedMessage {
+    pub id: Uuid,
+    pub account: AccountId,
+    pub user_id: UserId,
+    pub to: PhoneNumber,
+    pub body: MessageBody,
+    /// This attempt's number, 1 for the first.
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A status update a worker now holds.
+#[derive(Debug, Clone)]
+pub struct ClaimedStatusUpdate {
+    pub id: Uuid,
+    pub account: AccountId,
+    pub user_id: UserId,
+    pub phone_number: PhoneNumber,
+    pub status: StatusText,
+    pub attempt: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+fn claim_sql(kind: JobKind, payload: &str) -> String {
+    let t = table(kind);
+    format!(
+        "UPDATE {t} AS j
+         SET state = 'sending', attempts = j.attempts + 1,
+             lease_until = now() + make_interval(secs => $2),
+             publish_lease_until = NULL, updated_at = now()
+         FROM users u
+         WHERE j.id = $1 AND j.state = 'queued' AND j.due_at <= now()
+           AND u.account_id = j.account_id AND u.id = j.user_id
+         RETURNING j.id, j.account_id, j.user_id, u.phone_number, {payload}, j.attempts, j.created_at"
+    )
+}
+
+/// Takes a message for delivery: `queued` and due → `sending`, attempts + 1,
+/// leased. `None` if it is not claimable (delivered already, not due yet, or
+/// another worker holds it): the broker copy is then a harmless duplicate.
+#[instrument(skip(client))]
+pub async fn claim_message(
+    client: &impl GenericClient,
+    id: Uuid,
+    lease: Duration,
+) -> Result<Option<ClaimedMessage>> {
+    let statement = client
+        .prepare_cached(&claim_sql(JobKind::Message, "j.body"))
+        .await?;
+    let row = client.query_opt(&statement, &[&id, &secs(lease)]).await?;
+    Ok(row.map(|row| ClaimedMessage {
+        id: row.get(0),
+        account: AccountId(row.get(1)),
+        user_id: UserId::from_trusted(row.get(2)),
+        to: PhoneNumber::from_trusted(row.get(3)),
+        body: MessageBody::from_trusted(row.get(4)),
+        attempt: row.get(5),
+        created_at: row.get(6),
+    }))
+}
+
+/// Takes a status update for delivery, as [`claim_message`].
+#[instrument(skip(client))]
+pub async fn claim_status_update(
+    client: &impl GenericClient,
+    id: Uuid,
+    lease: Duration,
+) -> Result<Option<ClaimedStatusUpdate>> {
+    let statement = client
+        .prepare_cached(&claim_sql(JobKind::StatusUpdate, "j.status"))
+        .await?;
+    let row = client.query_opt(&statement, &[&id, &secs(lease)]).await?;
+    Ok(row.map(|row| ClaimedStatusUpdate {
+        id: row.get(0),
+        account: AccountId(row.get(1)),
+        user_id: UserId::from_trusted(row.get(2)),
+        phone_number: PhoneNumber::from_trusted(row.get(3)),
+        status: StatusText::from_trusted(row.get(4)),
+        attempt: row.get(5),
+        created_at: row.get(6),
+    }))
+}
+
+/// What an attempt decided for its row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Resolution {
+    /// Delivered: message `sent`, status update `success` (and the user's
+    /// status takes the new text).
+    Done { provider_message_id: Option<String> },
+    /// Back to `queued`, unpublished, due `after` from now (Postgres' clock).
+    Retry { after: Duration, error: LastError },
+    /// `failed` for good.
+    Failed { error: LastError },
+}
+
+/// Records the resolution of the attempt this worker claimed. Returns false
+/// if the row moved on meanwhile (the lease expired and someone else took it):
+/// the caller then records the attempt but changes nothing else.
+#[instrument(skip(client, resolution))]
+pub async fn record(
+    client: &impl GenericClient,
+    kind: JobKind,
+    id: Uuid,
+    attempt: i32,
+    resolution: &Resolution,
+) -> Result<bool> {
+    let t = table(kind);
+    let fence = "WHERE id = $1 AND state = 'sending' AND attempts = $2";
+    let updated = match (kind, resolution) {
+        (
+            JobKind::Message,
+            Resolution::Done {
+                provider_message_id,
+            },
+        ) => {
+            let sql = format!(
+                "UPDATE {t} SET state = 'sent', sent_at = now(), updated_at = now(),
+                        lease_until = NULL, provider_message_id = $3 {fence}"
+            );
+            let statement = client.prepare_cached(&sql).await?;
+            client
+                .execute(&statement, &[&id, &attempt, provider_message_id])
+                .await?
+        }
+        (JobKind::StatusUpdate, Resolution::Done { .. }) => {
+            // Apply the text unless a newer update already did.
+            let sql = format!(
+                "WITH done AS (
+                     UPDATE {t} SET state = 'success', completed_at = now(), updated_at = now(),
+                            lease_until = NULL {fence}
+                     RETURNING account_id, user_id, status, created_at),
+                 applied AS (
+                     UPDATE users u SET status = d.status, status_set_at = d.created_at,
+                            updated_at = now()
+                     FROM done d
+                     WHERE u.account_id = d.account_id AND u.id = d.user_id
+                       AND (u.status_set_at IS NULL OR u.status_set_at <= d.created_at))
+                 SELECT count(*) FROM done"
+            );
+            let statement = client.prepare_cached(&sql).await?;
+            let row = client.query_one(&statement, &[&id, &attempt]).await?;
+            row.get::<_, i64>(0) as u64
+        }
+        (_, Resolution::Retry { after, error }) => {
+            let sql = format!(
+                "UPDATE {t} SET state = 'queued', due_at = now() + make_interval(secs => $3),
+                        last_error = $4, updated_at = now(),
+                        published = false, publish_lease_until = NULL, lease_until = NULL {fence}"
+            );
+            let statement = client.prepare_cached(&sql).await?;
+            let error = serde_json::to_value(error).map_err(corrupt)?;
+            client
+                .execute(&statement, &[&id, &attempt, &secs(*after), &error])
+                .await?
+        }
+        (_, Resolution::Failed { error }) => {
+            let finished = match kind {
+                JobKind::Message => "failed_at",
+                JobKind::StatusUpdate => "completed_at",
+            };
+            let sql = format!(
+                "UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
+                        updated_at = now(), lease_until = NULL {fence}"
+            );
+            let statement = client.prepare_cached(&sql).await?;
+            let error = serde_json::to_value(error).map_err(corrupt)?;
+            client.execute(&statement, &[&id, &attempt, &error]).await?
+        }
+    };
+    Ok(updated == 1)
+}
+
+/// Gives a claimed row back (the worker is shutting down before delivering it).
+pub async fn release_claim(
+    client: &impl GenericClient,
+    kind: JobKind,
+    id: Uuid,
+    attempt: i32,
+) -> Result<bool> {
+    let t = table(kind);
+    let sql = format!(
+        "UPDATE {t} SET state = 'queued', lease_until = NULL, published = false,
+                        publish_lease_until = NULL, updated_at = now()
+         WHERE id = $1 AND state = 'sending' AND attempts = $2"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    Ok(client.execute(&statement, &[&id, &attempt]).await? == 1)
+}
+
+/// How an attempt ended, as recorded in `delivery_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    Retryable,
+    Permanent,
+}
+
+impl AttemptOutcome {
+    fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::Permanent => "permanent",
+        }
+    }
+}
+
+/// One delivery attempt, for the record.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    pub kind: JobKind,
+    pub subject_id: Uuid,
+    pub account: AccountId,
+    pub attempt: i32,
+    pub provider: String,
+    pub outcome: AttemptOutcome,
+    pub http_status: Option<i32>,
+    pub error_code: Option<String>,
+    pub error_detail: Option<String>,
+    pub latency_ms: i32,
+    pub started_at: DateTime<Utc>,
+}
+
+pub async fn insert_attempt(client: &impl GenericClient, attempt: &Attempt) -> Result<()> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO delivery_attempts
+                 (kind, subject_id, account_id, attempt, provider, outcome, http_status,
+                  error_code, error_detail, latency_ms, started_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
+        .await?;
+    client
+        .execute(
+            &statement,
+            &[
+                &attempt.kind.as_str(),
+                &attempt.subject_id,
+                &attempt.account.0,
+                &attempt.attempt,
+                &attempt.provider,
+                &attempt.outcome.as_str(),
+                &attempt.http_status,
+                &attempt.error_code,
+                &attempt.error_detail,
+                &attempt.latency_ms,
+                &attempt.started_at,
+            ],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Every attempt recorded for one message or status update, oldest first.
+pub async fn attempts_for(client: &impl GenericClient, subject_id: Uuid) -> Result<Vec<Attempt>> {
+    let rows = client
+        .query(
+            "SELECT kind, subject_id, account_id, attempt, provider, outcome, http_status,
+                    error_code, error_detail, latency_ms, started_at
+             FROM delivery_attempts WHERE subject_id = $1 ORDER BY attempt, id",
+            &[&subject_id],
+        )
+        .await?;
+    rows.iter()
+        .map(|row| {
+            let kind = match row.get::<_, &str>(0) {
+                "message" => JobKind::Message,
+                "status_update" => JobKind::StatusUpdate,
+                other => return Err(corrupt(format!("attempt kind {other:?}"))),
+            };
+            let outcome = match row.get::<_, &str>(5) {
+                "delivered" => AttemptOutcome::Delivered,
+                "retryable" => AttemptOutcome::Retryable,
+                "permanent" => AttemptOutcome::Permanent,
+                other => return Err(corrupt(format!("attempt outcome {other:?}"))),
+            };
+            Ok(Attempt {
+                kind,
+                subject_id: row.get(1),
+                account: AccountId(row.get(2)),
+                attempt: row.get(3),
+                provider: row.get(4),
+                outcome,
+                http_status: row.get(6),
+                error_code: row.get(7),
+                error_detail: row.get(8),
+                latency_ms: row.get(9),
+                started_at: row.get(10),
+            })
+        })
+        .collect()
+}

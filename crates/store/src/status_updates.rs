@@ -1,0 +1,88 @@
+//! Status updates as the API sees them: accept and read.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use kurir_core::{AccountId, LastError, StatusText, StatusUpdateId, StatusUpdateState, UserId};
+use tokio_postgres::Row;
+use tracing::instrument;
+
+use crate::{GenericClient, Result, corrupt, messages::last_error};
+
+#[derive(Debug, Clone)]
+pub struct StatusUpdate {
+    pub id: StatusUpdateId,
+    pub user_id: UserId,
+    pub status: StatusText,
+    pub state: StatusUpdateState,
+    pub attempts: i32,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    pub last_error: Option<LastError>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "s.id, s.user_id, s.status, s.state, s.attempts,
+     CASE WHEN s.state = 'queued' AND s.attempts > 0 THEN s.due_at END,
+     s.last_error, s.created_at, s.updated_at, s.completed_at";
+
+fn from_row(row: &Row) -> Result<StatusUpdate> {
+    Ok(StatusUpdate {
+        id: StatusUpdateId(row.get(0)),
+        user_id: UserId::from_trusted(row.get(1)),
+        status: StatusText::from_trusted(row.get(2)),
+        state: row.get::<_, &str>(3).parse().map_err(corrupt)?,
+        attempts: row.get(4),
+        next_attempt_at: row.get(5),
+        last_error: last_error(row.get(6))?,
+        created_at: row.get(7),
+        updated_at: row.get(8),
+        completed_at: row.get(9),
+    })
+}
+
+/// Accepts a status update for `user` (see [`crate::messages::insert`]).
+/// `None`: no such user.
+#[instrument(skip(client, status), fields(account_id = %account, user_id = %user))]
+pub async fn insert(
+    client: &impl GenericClient,
+    account: AccountId,
+    user: &UserId,
+    id: StatusUpdateId,
+    status: &StatusText,
+    publish_lease: Duration,
+) -> Result<Option<StatusUpdate>> {
+    let sql = format!(
+        "INSERT INTO status_updates AS s (id, account_id, user_id, status, publish_lease_until)
+         SELECT $1, u.account_id, u.id, $4, now() + make_interval(secs => $5)
+         FROM users u WHERE u.account_id = $2 AND u.id = $3
+         RETURNING {COLUMNS}"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client
+        .query_opt(
+            &statement,
+            &[
+                &id.0,
+                &account.0,
+                &user.as_str(),
+                &status.as_str(),
+                &publish_lease.as_secs_f64(),
+            ],
+        )
+        .await?;
+    row.as_ref().map(from_row).transpose()
+}
+
+pub async fn get(
+    client: &impl GenericClient,
+    account: AccountId,
+    id: StatusUpdateId,
+) -> Result<Option<StatusUpdate>> {
+    let sql =
+        format!("SELECT {COLUMNS} FROM status_updates s WHERE s.account_id = $1 AND s.id = $2");
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client.query_opt(&statement, &[&account.0, &id.0]).await?;
+    row.as_ref().map(from_row).transpose()
+}

@@ -1,0 +1,118 @@
+//! Providers deliver a text message to a phone number, or apply a status
+//! update, and classify the answer as delivered, retryable or permanent.
+//!
+//! A provider never retries by itself and never sleeps: it makes one attempt
+//! and reports what happened; the worker records it and schedules any retry in
+//! Postgres.
+
+use std::{sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+use kurir_core::{
+    MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
+    config::{ProviderArgs, ProviderKind},
+};
+
+mod http;
+mod log;
+#[cfg(test)]
+mod test_support;
+mod webhook;
+mod whatsapp;
+
+pub use self::log::LogProvider;
+pub use webhook::WebhookProvider;
+pub use whatsapp::WhatsAppProvider;
+
+/// A text message to deliver.
+#[derive(Debug, Clone)]
+pub struct OutboundMessage {
+    pub message_id: MessageId,
+    pub user_id: UserId,
+    pub to: PhoneNumber,
+    pub body: MessageBody,
+    /// 1 for the first try.
+    pub attempt: i32,
+}
+
+/// A status update to apply.
+#[derive(Debug, Clone)]
+pub struct OutboundStatus {
+    pub status_update_id: StatusUpdateId,
+    pub user_id: UserId,
+    pub phone_number: PhoneNumber,
+    pub status: StatusText,
+    pub attempt: i32,
+}
+
+/// What one attempt came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The provider took it. `provider_message_id` is its id (`wamid…`), if it gave one.
+    Delivered {
+        provider_message_id: Option<String>,
+        http_status: Option<u16>,
+    },
+    /// Try again later; never sooner than `retry_after` if the provider said so.
+    Retryable {
+        error: ProviderError,
+        retry_after: Option<Duration>,
+    },
+    /// Will never succeed (bad number, recipient not on WhatsApp, …).
+    Permanent { error: ProviderError },
+}
+
+/// A provider's error: a stable code (the provider's own where it has one,
+/// such as Meta's `131026`, else one of ours such as `timeout` or `http_503`)
+/// and a human-readable detail.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderError {
+    pub code: String,
+    pub detail: String,
+    pub http_status: Option<u16>,
+}
+
+impl ProviderError {
+    pub fn new(
+        code: impl Into<String>,
+        detail: impl Into<String>,
+        http_status: Option<u16>,
+    ) -> Self {
+        Self {
+            code: code.into(),
+            detail: detail.into(),
+            http_status,
+        }
+    }
+}
+
+impl Outcome {
+    pub fn http_status(&self) -> Option<u16> {
+        match self {
+            Outcome::Delivered { http_status, .. } => *http_status,
+            Outcome::Retryable { error, .. } | Outcome::Permanent { error } => error.http_status,
+        }
+    }
+}
+
+#[async_trait]
+pub trait Provider: Send + Sync + 'static {
+    /// A short name for logs and attempt records: `log`, `whatsapp`, `webhook`.
+    fn name(&self) -> &'static str;
+
+    /// One attempt to deliver a text message.
+    async fn send_message(&self, message: &OutboundMessage) -> Outcome;
+
+    /// One attempt to apply a status update.
+    async fn update_status(&self, update: &OutboundStatus) -> Outcome;
+}
+
+/// Builds the configured provider. `args` must have passed [`ProviderArgs::check`].
+pub fn from_args(args: &ProviderArgs) -> Result<Arc<dyn Provider>, String> {
+    args.check()?;
+    Ok(match args.provider {
+        ProviderKind::Log => Arc::new(LogProvider),
+        ProviderKind::Whatsapp => Arc::new(WhatsAppProvider::from_args(args)?),
+        ProviderKind::Webhook => Arc::new(WebhookProvider::from_args(args)?),
+    })
+}

@@ -1,0 +1,211 @@
+//! The retry schedule: what a failed attempt leads to.
+//!
+//! Delays come from `backoff`'s `ExponentialBackoff` (initial 1 s, factor 2,
+//! ±25 % jitter, at most 10 min apart, give up after 24 h by default). The
+//! crate is unmaintained (RUSTSEC-2025-0012); it is used only in
+//! [`RetryPolicy::delay`], so swapping it for `backon` touches nothing else.
+
+use std::time::Duration;
+
+use backoff::{SystemClock, backoff::Backoff, exponential::ExponentialBackoff};
+use chrono::{DateTime, Utc};
+use kurir_core::{LastError, config::RetryArgs};
+use kurir_store::pipeline::Resolution;
+
+use crate::provider::{Outcome, ProviderError};
+
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub initial: Duration,
+    pub factor: f64,
+    pub jitter: f64,
+    pub max_interval: Duration,
+    pub max_age: Duration,
+}
+
+impl From<&RetryArgs> for RetryPolicy {
+    fn from(args: &RetryArgs) -> Self {
+        Self {
+            initial: args.retry_initial,
+            factor: args.retry_factor,
+            jitter: args.retry_jitter,
+            max_interval: args.retry_max_interval,
+            max_age: args.retry_max_age,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after failed attempt number `attempt` (1 for the first try):
+    /// `initial × factor^(attempt-1)`, capped at `max_interval`, ± jitter.
+    pub fn delay(&self, attempt: i32) -> Duration {
+        let exponent = attempt.saturating_sub(1).clamp(0, 64);
+        let base = self.initial.as_secs_f64() * self.factor.powi(exponent);
+        let current = Duration::from_secs_f64(base.min(self.max_interval.as_secs_f64()));
+        let mut schedule = ExponentialBackoff::<SystemClock> {
+            current_interval: current,
+            initial_interval: self.initial,
+            randomization_factor: self.jitter,
+            multiplier: self.factor,
+            max_interval: self.max_interval,
+            max_elapsed_time: None,
+            ..ExponentialBackoff::default()
+        };
+        // With no elapsed-time limit the schedule never ends.
+        schedule.next_backoff().unwrap_or(current)
+    }
+
+    /// Turns one attempt's outcome into what happens to the row. `created_at`
+    /// and `now` decide whether the deadline (`max_age`) allows another try.
+    pub fn resolve(
+        &self,
+        outcome: &Outcome,
+        attempt: i32,
+        created_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Resolution {
+        match outcome {
+            Outcome::Delivered {
+                provider_message_id,
+                ..
+            } => Resolution::Done {
+                provider_message_id: provider_message_id.clone(),
+            },
+            Outcome::Permanent { error } => Resolution::Failed {
+                error: last_error(error, false),
+            },
+            Outcome::Retryable { error, retry_after } => {
+                let mut after = self.delay(attempt);
+                if let Some(retry_after) = retry_after {
+                    // Never sooner than the provider asked.
+                    after = after.max(*retry_after);
+                }
+                let deadline = created_at + self.max_age;
+                let next = now + after;
+                if next > deadline {
+                    let mut error = last_error(error, true);
+                    error.detail = format!(
+                        "{} (gave up after {attempt} attempts: the next would be past the {} deadline)",
+                        error.detail,
+                        humantime::format_duration(self.max_age)
+                    );
+                    Resolution::Failed { error }
+                } else {
+                    Resolution::Retry {
+                        after,
+                        error: last_error(error, true),
+                    }
+                }
+            }
+        }
+    }
+
+    /// A row claimed after its deadline (it waited out an outage) fails
+    /// without another provider call.
+    pub fn expired(&self, created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
+        now > created_at + self.max_age
+    }
+}
+
+fn last_error(error: &ProviderError, retryable: bool) -> LastError {
+    LastError {
+        code: error.code.clone(),
+        detail: error.detail.clone(),
+        retryable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            initial: Duration::from_secs(1),
+            factor: 2.0,
+            jitter: 0.25,
+            max_interval: Duration::from_secs(600),
+            max_age: Duration::from_secs(24 * 3600),
+        }
+    }
+
+    fn retryable(retry_after: Option<Duration>) -> Outcome {
+        Outcome::Retryable {
+            error: ProviderError::new("131000", "Something went wrong", Some(500)),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn delays_grow_exponentially_within_the_jitter() {
+        let policy = policy();
+        for (attempt, base) in [(1, 1.0), (2, 2.0), (3, 4.0), (6, 32.0)] {
+            for _ in 0..50 {
+                let delay = policy.delay(attempt).as_secs_f64();
+                assert!(
+                    (base * 0.75 - 1e-6..=base * 1.25 + 1e-6).contains(&delay),
+                    "attempt {attempt}: {delay}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn delays_are_capped() {
+        let policy = policy();
+        for attempt in [11, 30, 1000, i32::MAX] {
+            let delay = policy.delay(attempt).as_secs_f64();
+            assert!(
+                (600.0 * 0.75 - 1e-6..=600.0 * 1.25 + 1e-6).contains(&delay),
+                "{delay}"
+            );
+        }
+    }
+
+    #[test]
+    fn retry_after_is_a_floor() {
+        let now = Utc::now();
+        let resolution = policy().resolve(&retryable(Some(Duration::from_secs(30))), 1, now, now);
+        match resolution {
+            Resolution::Retry { after, error } => {
+                assert!(after >= Duration::from_secs(30));
+                assert!(error.retryable);
+                assert_eq!(error.code, "131000");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn retries_stop_at_the_deadline() {
+        let now = Utc::now();
+        let created = now - chrono::Duration::hours(24) + chrono::Duration::seconds(10);
+        match policy().resolve(&retryable(Some(Duration::from_secs(60))), 9, created, now) {
+            Resolution::Failed { error } => {
+                assert!(error.retryable);
+                assert!(
+                    error.detail.contains("gave up after 9 attempts"),
+                    "{}",
+                    error.detail
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(policy().expired(now - chrono::Duration::hours(25), now));
+    }
+
+    #[test]
+    fn permanent_errors_fail_at_once() {
+        let now = Utc::now();
+        let outcome = Outcome::Permanent {
+            error: ProviderError::new("131026", "Message undeliverable", Some(400)),
+        };
+        match policy().resolve(&outcome, 1, now, now) {
+            Resolution::Failed { error } => {
+                assert!(!error.retryable);
+                assert_eq!(error.code, "131026");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}
