@@ -1,1 +1,12 @@
+//! End-to-end tests: the real API, worker, Postgres and RabbitMQ, with the
+//! sandbox standing in for WhatsApp. Each test owns its database and queue
+//! prefix (see `support`), so they run in parallel.
+#![allow(clippy::unwrap_used)]
 
+mod auth;
+mod delivery;
+mod isolation;
+mod seed;
+mod support;
+mod users;
+mod validation;

@@ -38,8 +38,13 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Parses JSON into `T`, naming the field on a type error.
+/// Parses a JSON object into `T`, naming the field on a type error.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
+    // serde would read a struct from an array too (`["hi"]`); only objects are bodies.
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    if matches!(first, Some(b'[')) {
+        return Err(ApiError::field("body", "must be a JSON object"));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -140,7 +145,9 @@ mod tests {
     fn type_errors_name_the_field() {
         let err = parse_json::<Body>(br#"{"message": 5}"#).unwrap_err();
         assert_eq!(err.status(), 422);
-        let err = parse_json::<Body>(br#"[1]"#).unwrap_err();
+        let err = parse_json::<Body>(br#"["hi"]"#).unwrap_err();
+        assert_eq!(err.status(), 422);
+        let err = parse_json::<Body>(br#"  "hi""#).unwrap_err();
         assert_eq!(err.status(), 422);
     }
 

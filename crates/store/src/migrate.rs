@@ -84,6 +84,19 @@ pub async fn run(config: &tokio_postgres::Config) -> Result<usize> {
     Ok(applied)
 }
 
+/// Identifies the embedded migrations (changes when any of them does), so a
+/// database migrated once can be cloned as a template (the tests do).
+pub fn fingerprint() -> String {
+    let runner = embedded::migrations::runner();
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for migration in runner.get_migrations() {
+        for byte in migration.checksum().to_le_bytes() {
+            hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    format!("{hash:016x}")
+}
+
 /// Quotes an SQL identifier ("my db" → "\"my db\"").
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))

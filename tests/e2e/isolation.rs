@@ -1,0 +1,100 @@
+//! One account never sees or touches another's users, messages or status
+//! updates: another account's ids are 404, exactly like unknown ones.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::TestApp;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_account_cannot_see_or_touch_anothers_data() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", "+62811111111").await;
+    let message = app.send("alice", "for alice").await;
+    let update: Value = app
+        .post("/v1/users/alice/status", &json!({"status": "here"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let update = update["status_update_id"].as_str().unwrap().to_owned();
+
+    let other = app.key_for("test-b").await;
+    let get = |path: String| app.http.get(app.url(&path)).bearer_auth(&other).send();
+    let post = |path: String, body: Value| {
+        app.http
+            .post(app.url(&path))
+            .bearer_auth(&other)
+            .json(&body)
+            .send()
+    };
+
+    for path in [
+        "/v1/users/alice".to_owned(),
+        "/v1/users/alice/messages".to_owned(),
+        format!("/v1/messages/{message}"),
+        format!("/v1/status-updates/{update}"),
+    ] {
+        assert_eq!(
+            get(path.clone()).await.unwrap().status(),
+            StatusCode::NOT_FOUND,
+            "{path}"
+        );
+    }
+    let sent = post("/v1/users/alice/messages".into(), json!({"message": "hi"}))
+        .await
+        .unwrap();
+    assert_eq!(sent.status(), StatusCode::NOT_FOUND);
+    let status = post(
+        "/v1/users/alice/status".into(),
+        json!({"status": "mine now"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status.status(), StatusCode::NOT_FOUND);
+    let list: Value = get("/v1/users".into()).await.unwrap().json().await.unwrap();
+    assert_eq!(list["users"], json!([]));
+
+    // The same user id and phone number are free in another account.
+    let created = post(
+        "/v1/users".into(),
+        json!({"id": "alice", "name": "Other Alice", "phone_number": "+62811111111"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let theirs: Value = get("/v1/users/alice".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(theirs["name"], "Other Alice");
+    let ours: Value = app
+        .get("/v1/users/alice")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ours["name"], "User alice");
+    let our_list: Value = app
+        .get("/v1/users/alice/messages")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(our_list["messages"].as_array().unwrap().len(), 1);
+    let their_list: Value = get("/v1/users/alice/messages".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(their_list["messages"], json!([]));
+}

@@ -1,0 +1,452 @@
+//! `TestApp`: one kurir (API + worker + sandbox provider) per test, over the
+//! real Postgres and RabbitMQ, with its own database (cloned from a migrated
+//! template) and its own queue prefix, so tests run in parallel and leave
+//! nothing behind.
+
+use std::{
+    future::Future,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use kurir_bus::Topology;
+use kurir_core::{
+    apikey::ApiKey,
+    config::{
+        self, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, ProviderKind, RetryArgs,
+        WorkerArgs,
+    },
+};
+use kurir_sandbox::Sandbox;
+use kurir_store::{PgPool, migrate};
+use reqwest::{RequestBuilder, StatusCode};
+use serde_json::{Value, json};
+use tokio::sync::OnceCell;
+use tokio_postgres::error::SqlState;
+use tokio_util::sync::CancellationToken;
+
+const PG_HINT: &str = "start Postgres: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
+     (or `docker compose up -d postgres`), or point DATABASE_URL at one";
+const AMQP_HINT: &str = "start RabbitMQ: `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
+     or point AMQP_URL at one";
+
+/// How long an eventual outcome may take before a test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+fn base_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+fn amqp_url() -> String {
+    std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn pg_config(dbname: &str) -> tokio_postgres::Config {
+    let mut config: tokio_postgres::Config = base_database_url()
+        .parse()
+        .expect("DATABASE_URL is not a Postgres URL");
+    config
+        .dbname(dbname)
+        .connect_timeout(Duration::from_secs(5));
+    config
+}
+
+fn url_for(dbname: &str) -> String {
+    let mut url = url::Url::parse(&base_database_url()).expect("DATABASE_URL is not a URL");
+    url.set_path(dbname);
+    url.to_string()
+}
+
+async fn admin() -> tokio_postgres::Client {
+    migrate::connect(&pg_config("postgres"))
+        .await
+        .unwrap_or_else(|err| panic!("cannot reach Postgres ({err}); {PG_HINT}"))
+}
+
+/// The migrated template every test database is cloned from; built once per
+/// migration set, guarded by an advisory lock across test processes.
+async fn template() -> &'static str {
+    static TEMPLATE: OnceCell<String> = OnceCell::const_new();
+    TEMPLATE
+        .get_or_init(|| async {
+            let name = format!("kurir_tmpl_{}", migrate::fingerprint());
+            let client = admin().await;
+            client
+                .execute("SELECT pg_advisory_lock(4242424242)", &[])
+                .await
+                .expect("advisory lock");
+            let exists = client
+                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+                .await
+                .expect("look for the template")
+                .is_some();
+            if !exists {
+                let building = format!("{name}_building");
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+                    .await
+                    .expect("drop a half-built template");
+                migrate::run(&pg_config(&building))
+                    .await
+                    .expect("migrate the template");
+                client
+                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+                    .await
+                    .expect("publish the template");
+            }
+            client
+                .execute("SELECT pg_advisory_unlock(4242424242)", &[])
+                .await
+                .expect("advisory unlock");
+            name
+        })
+        .await
+}
+
+fn unique(tag: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "{tag}_{}_{n}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+async fn create_database() -> String {
+    let template = template().await;
+    let name = unique("kurir_t");
+    let client = admin().await;
+    let sql = format!("CREATE DATABASE {name} TEMPLATE {template}");
+    for _ in 0..100 {
+        match client.batch_execute(&sql).await {
+            Ok(()) => return name,
+            // Another clone or a lingering connection holds the template for a moment.
+            Err(err) if err.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("cannot create the test database: {err}"),
+        }
+    }
+    panic!("the template database stayed busy");
+}
+
+/// What a test may change before the app starts.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub start_worker: bool,
+    /// Point the API's publisher at another broker URL (e.g. nowhere).
+    pub api_amqp_url: Option<String>,
+    pub publish_lease: Duration,
+    pub retry_initial: Duration,
+    pub sandbox: kurir_sandbox::Config,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        let sandbox = kurir_sandbox::Config {
+            addr: "127.0.0.1:0".parse().expect("address"),
+            token: Some("test-token".into()),
+            ..kurir_sandbox::Config::default()
+        };
+        Self {
+            start_worker: true,
+            api_amqp_url: None,
+            publish_lease: Duration::from_secs(2),
+            retry_initial: Duration::from_millis(100),
+            sandbox,
+        }
+    }
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub key: String,
+    pub sandbox: Sandbox,
+    pub pool: PgPool,
+    pub database_args: DatabaseArgs,
+    pub bus_args: BusArgs,
+    pub http: reqwest::Client,
+    database: String,
+    prefix: String,
+    shutdown: CancellationToken,
+    worker: Option<kurir_worker::Worker>,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(Options::default()).await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
+        let database = create_database().await;
+        let prefix = unique("kt");
+        let shutdown = CancellationToken::new();
+        let sandbox = kurir_sandbox::start(options.sandbox.clone())
+            .await
+            .expect("start the sandbox");
+
+        let mut database_args: DatabaseArgs = config::defaults();
+        database_args.database_url = url_for(&database);
+        database_args.db_pool_size = 4;
+        let mut bus_args: BusArgs = config::defaults();
+        bus_args.amqp_url = amqp_url();
+        bus_args.queue_prefix = prefix.clone();
+        let mut pipeline: PipelineArgs = config::defaults();
+        pipeline.publish_lease = options.publish_lease;
+        pipeline.shutdown_grace = Duration::from_secs(5);
+
+        ensure_broker().await;
+        let mut api_bus = bus_args.clone();
+        if let Some(url) = &options.api_amqp_url {
+            api_bus.amqp_url = url.clone();
+        }
+        let api_config = kurir_api::Config {
+            database: database_args.clone(),
+            bus: api_bus,
+            pipeline: pipeline.clone(),
+            api: config::defaults(),
+        };
+        let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(kurir_api::serve(state, listener, shutdown.clone()));
+
+        let pool = kurir_store::pool(&database_args).expect("pool");
+        let client = pool.get().await.expect("test database connection");
+        let account = kurir_store::keys::ensure_account(&client, "test-a")
+            .await
+            .expect("account");
+        let key = ApiKey::generate();
+        kurir_store::keys::insert_key(&client, account, key.key_id(), &key.hash())
+            .await
+            .expect("key");
+        drop(client);
+
+        let mut app = Self {
+            address,
+            key: key.expose().to_owned(),
+            sandbox,
+            pool,
+            database_args,
+            bus_args,
+            http: reqwest::Client::new(),
+            database,
+            prefix,
+            shutdown,
+            worker: None,
+        };
+        if options.start_worker {
+            app.start_worker(options.retry_initial);
+        }
+        app
+    }
+
+    pub fn worker_config(&self, retry_initial: Duration) -> kurir_worker::Config {
+        let mut provider: ProviderArgs = config::defaults();
+        provider.provider = ProviderKind::Whatsapp;
+        provider.whatsapp_base_url = self.sandbox.base_url();
+        provider.whatsapp_token = Some("test-token".into());
+        provider.whatsapp_phone_number_id = Some("1234567890".into());
+        provider.provider_timeout = Duration::from_secs(5);
+        let mut worker: WorkerArgs = config::defaults();
+        worker.worker_concurrency = 8;
+        worker.relay_interval = Duration::from_millis(200);
+        worker.delivery_lease = Duration::from_secs(10);
+        let mut retry: RetryArgs = config::defaults();
+        retry.retry_initial = retry_initial;
+        let mut pipeline: PipelineArgs = config::defaults();
+        pipeline.shutdown_grace = Duration::from_secs(5);
+        kurir_worker::Config {
+            database: self.database_args.clone(),
+            bus: self.bus_args.clone(),
+            pipeline,
+            worker,
+            provider,
+            retry,
+        }
+    }
+
+    pub fn start_worker(&mut self, retry_initial: Duration) {
+        let worker =
+            kurir_worker::Worker::start(self.worker_config(retry_initial), self.shutdown.clone())
+                .expect("start the worker");
+        self.worker = Some(worker);
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub fn get(&self, path: &str) -> RequestBuilder {
+        self.http.get(self.url(path)).bearer_auth(&self.key)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> RequestBuilder {
+        self.http
+            .post(self.url(path))
+            .bearer_auth(&self.key)
+            .json(body)
+    }
+
+    /// A key for another account of this app's database.
+    pub async fn key_for(&self, account: &str) -> String {
+        let client = self.pool.get().await.expect("connection");
+        let account = kurir_store::keys::ensure_account(&client, account)
+            .await
+            .expect("account");
+        let key = ApiKey::generate();
+        kurir_store::keys::insert_key(&client, account, key.key_id(), &key.hash())
+            .await
+            .expect("key");
+        key.expose().to_owned()
+    }
+
+    pub async fn create_user(&self, id: &str, phone: &str) -> Value {
+        let response = self
+            .post(
+                "/v1/users",
+                &json!({"id": id, "name": format!("User {id}"), "phone_number": phone}),
+            )
+            .send()
+            .await
+            .expect("create user");
+        assert_eq!(response.status(), StatusCode::CREATED, "creating {id}");
+        response.json().await.expect("user json")
+    }
+
+    /// Sends a message; returns its id.
+    pub async fn send(&self, user: &str, text: &str) -> String {
+        let response = self
+            .post(
+                &format!("/v1/users/{user}/messages"),
+                &json!({"message": text}),
+            )
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "sending to {user}");
+        let body: Value = response.json().await.expect("json");
+        assert_eq!(body["message_status"], "queued");
+        body["message_id"].as_str().expect("message_id").to_owned()
+    }
+
+    pub async fn message(&self, id: &str) -> Value {
+        let response = self
+            .get(&format!("/v1/messages/{id}"))
+            .send()
+            .await
+            .expect("poll");
+        assert_eq!(response.status(), StatusCode::OK);
+        response.json().await.expect("json")
+    }
+
+    /// Polls a message until `done` holds for it.
+    pub async fn message_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let last = std::sync::Mutex::new(Value::Null);
+        let reached = eventually(DEADLINE, || async {
+            let message = self.message(id).await;
+            let reached = done(&message).then(|| message.clone());
+            *last.lock().expect("lock") = message;
+            reached
+        })
+        .await;
+        reached.unwrap_or_else(|| {
+            let last = last.lock().expect("lock");
+            panic!("message {id} never reached the expected state; last seen: {last:#}")
+        })
+    }
+
+    pub async fn message_with_status(&self, id: &str, status: &str) -> Value {
+        self.message_until(id, |m| m["message_status"] == status)
+            .await
+    }
+
+    pub async fn attempts(&self, id: &str) -> Vec<kurir_store::pipeline::Attempt> {
+        let id = uuid::Uuid::parse_str(id).expect("uuid");
+        let client = self.pool.get().await.expect("connection");
+        kurir_store::pipeline::attempts_for(&client, id)
+            .await
+            .expect("attempts")
+    }
+
+    /// Sandbox requests that carried this message id.
+    pub fn sandbox_requests_for(&self, id: &str) -> Vec<kurir_sandbox::RecordedRequest> {
+        self.sandbox
+            .requests()
+            .into_iter()
+            .filter(|r| r.biz_opaque_callback_data.as_deref() == Some(id))
+            .collect()
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some` or `limit` passes.
+pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn ensure_broker() {
+    let url = amqp_url();
+    let properties = lapin::ConnectionProperties::default();
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        lapin::Connection::connect(&url, properties),
+    )
+    .await
+    {
+        Ok(Ok(connection)) => {
+            let _ = connection.close(200, "probe".into()).await;
+        }
+        Ok(Err(err)) => panic!("cannot reach RabbitMQ ({err}); {AMQP_HINT}"),
+        Err(_) => panic!("RabbitMQ did not answer within 5s; {AMQP_HINT}"),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+        }
+        self.pool.close();
+        let database = self.database.clone();
+        let prefix = self.prefix.clone();
+        // Clean up on a thread of its own: Drop cannot await.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("cleanup runtime");
+            runtime.block_on(async move {
+                let client = admin().await;
+                let _ = client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                    .await;
+                if let Ok(connection) =
+                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                        .await
+                    && let Ok(channel) = connection.create_channel().await
+                {
+                    let _ = Topology::new(prefix).delete(&channel).await;
+                    let _ = connection.close(200, "cleanup".into()).await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
