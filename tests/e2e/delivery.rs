@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use chrono::DurationRound;
 use kurir_store::pipeline::AttemptOutcome;
 use serde_json::Value;
 
@@ -111,7 +112,11 @@ async fn a_429_with_retry_after_is_not_retried_sooner() {
         })
         .await;
     assert_eq!(waiting["last_error"]["code"], "130429");
-    let first = app.sandbox_requests_for(&id)[0].received_at;
+    // The API shows milliseconds; compare at that precision.
+    let first = app.sandbox_requests_for(&id)[0]
+        .received_at
+        .duration_trunc(chrono::Duration::milliseconds(1))
+        .unwrap();
     let next: chrono::DateTime<chrono::Utc> = waiting["next_attempt_at"]
         .as_str()
         .unwrap()

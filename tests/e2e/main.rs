@@ -5,7 +5,9 @@
 
 mod auth;
 mod delivery;
+mod faults;
 mod isolation;
+mod proxy;
 mod seed;
 mod support;
 mod users;

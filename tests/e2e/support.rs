@@ -25,6 +25,8 @@ use tokio::sync::OnceCell;
 use tokio_postgres::error::SqlState;
 use tokio_util::sync::CancellationToken;
 
+use crate::proxy::{Proxy, upstream_of};
+
 const PG_HINT: &str = "start Postgres: `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` \
      (or `docker compose up -d postgres`), or point DATABASE_URL at one";
 const AMQP_HINT: &str = "start RabbitMQ: `rabbitmq-server -detached` (or `docker compose up -d rabbitmq`), \
@@ -140,6 +142,12 @@ pub struct Options {
     pub publish_lease: Duration,
     pub retry_initial: Duration,
     pub sandbox: kurir_sandbox::Config,
+    /// Route the API's Postgres connections through a proxy the test can cut.
+    pub proxy_api_postgres: bool,
+    /// Route the worker's Postgres connections through a proxy.
+    pub proxy_worker_postgres: bool,
+    /// Route every RabbitMQ connection (API and worker) through a proxy.
+    pub proxy_broker: bool,
 }
 
 impl Default for Options {
@@ -155,6 +163,9 @@ impl Default for Options {
             publish_lease: Duration::from_secs(2),
             retry_initial: Duration::from_millis(100),
             sandbox,
+            proxy_api_postgres: false,
+            proxy_worker_postgres: false,
+            proxy_broker: false,
         }
     }
 }
@@ -167,6 +178,9 @@ pub struct TestApp {
     pub database_args: DatabaseArgs,
     pub bus_args: BusArgs,
     pub http: reqwest::Client,
+    pub api_postgres: Option<Proxy>,
+    pub worker_postgres: Option<Proxy>,
+    pub broker: Option<Proxy>,
     database: String,
     prefix: String,
     shutdown: CancellationToken,
@@ -197,12 +211,38 @@ impl TestApp {
         pipeline.shutdown_grace = Duration::from_secs(5);
 
         ensure_broker().await;
+        let proxy = |wanted: bool, url: String, port: u16| async move {
+            match wanted {
+                true => Some(Proxy::start(upstream_of(&url, port)).await),
+                false => None,
+            }
+        };
+        let api_postgres = proxy(
+            options.proxy_api_postgres,
+            database_args.database_url.clone(),
+            5432,
+        )
+        .await;
+        let worker_postgres = proxy(
+            options.proxy_worker_postgres,
+            database_args.database_url.clone(),
+            5432,
+        )
+        .await;
+        let broker = proxy(options.proxy_broker, bus_args.amqp_url.clone(), 5672).await;
+        if let Some(broker) = &broker {
+            bus_args.amqp_url = broker.url(&bus_args.amqp_url);
+        }
         let mut api_bus = bus_args.clone();
         if let Some(url) = &options.api_amqp_url {
             api_bus.amqp_url = url.clone();
         }
+        let mut api_database = database_args.clone();
+        if let Some(proxy) = &api_postgres {
+            api_database.database_url = proxy.url(&api_database.database_url);
+        }
         let api_config = kurir_api::Config {
-            database: database_args.clone(),
+            database: api_database,
             bus: api_bus,
             pipeline: pipeline.clone(),
             api: config::defaults(),
@@ -233,6 +273,9 @@ impl TestApp {
             database_args,
             bus_args,
             http: reqwest::Client::new(),
+            api_postgres,
+            worker_postgres,
+            broker,
             database,
             prefix,
             shutdown,
@@ -259,8 +302,12 @@ impl TestApp {
         retry.retry_initial = retry_initial;
         let mut pipeline: PipelineArgs = config::defaults();
         pipeline.shutdown_grace = Duration::from_secs(5);
+        let mut database = self.database_args.clone();
+        if let Some(proxy) = &self.worker_postgres {
+            database.database_url = proxy.url(&database.database_url);
+        }
         kurir_worker::Config {
-            database: self.database_args.clone(),
+            database,
             bus: self.bus_args.clone(),
             pipeline,
             worker,

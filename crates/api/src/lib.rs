@@ -126,19 +126,22 @@ pub fn app(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
-/// Any error response not already problem+json (a framework rejection) is
-/// turned into one, keeping its status and its text as the detail.
+/// Any error response that is not JSON (a framework rejection) is turned
+/// into problem+json, keeping its status and its text as the detail.
 async fn problems_only(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     if !(status.is_client_error() || status.is_server_error()) {
         return response;
     }
-    let is_problem = response
+    // Our own answers are JSON already (problems, and /readyz's 503 body).
+    let is_json = response
         .headers()
         .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if is_problem {
+        .is_some_and(|v| {
+            v.as_bytes().starts_with(b"application/") && v.as_bytes().ends_with(b"json")
+        });
+    if is_json {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -47,6 +47,8 @@ struct Ready {
 pub struct Publisher {
     topology: Topology,
     ready: watch::Receiver<Option<Arc<Ready>>>,
+    /// Fired once the connection is closed after shutdown.
+    closed: CancellationToken,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -69,11 +71,15 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Self {
         let (sender, ready) = watch::channel(None);
+        let closed = CancellationToken::new();
         let publisher = Self {
             topology: topology.clone(),
             ready,
+            closed: closed.clone(),
         };
         tokio::spawn(async move {
+            // Whichever way this task ends, `closed()` returns after it.
+            let _closed = closed.drop_guard();
             let mut delay = Duration::from_millis(200);
             loop {
                 match Self::open(&url, &topology, &name, &shutdown).await {
@@ -117,6 +123,12 @@ impl Publisher {
             connection,
             channel,
         })
+    }
+
+    /// Waits until the connection is closed (after shutdown fired), so a
+    /// process exits without leaving a half-closed connection behind.
+    pub async fn closed(&self) {
+        self.closed.cancelled().await;
     }
 
     /// Waits until the publisher is set up (tests and start-up ordering).

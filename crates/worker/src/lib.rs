@@ -159,6 +159,7 @@ impl Worker {
                 error!(error = %err, "a worker task panicked");
             }
         }
+        self.publisher.closed().await;
         self.pool.close();
     }
 

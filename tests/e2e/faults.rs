@@ -1,0 +1,129 @@
+//! The failure model: a dependency going away never loses an accepted
+//! message and never makes the API claim it stored something it did not.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::support::{DEADLINE, Options, TestApp, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_postgres_down_the_api_answers_503_and_never_202() {
+    let app = TestApp::spawn_with(Options {
+        proxy_api_postgres: true,
+        ..Options::default()
+    })
+    .await;
+    app.create_user("u1", "+62123456789").await;
+    let postgres = app.api_postgres.as_ref().unwrap();
+
+    postgres.cut();
+    let send = app
+        .post("/v1/users/u1/messages", &json!({"message": "lost?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(send.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(send.headers()["retry-after"], "1");
+    assert_eq!(send.headers()["content-type"], "application/problem+json");
+    let status = app
+        .post("/v1/users/u1/status", &json!({"status": "away"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(status.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let get = app.get("/v1/users/u1").send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let ready = app.http.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["postgres"], "unavailable");
+
+    postgres.restore();
+    let id = eventually(DEADLINE, || async {
+        let response = app
+            .post("/v1/users/u1/messages", &json!({"message": "back"}))
+            .send()
+            .await
+            .unwrap();
+        if response.status() != StatusCode::ACCEPTED {
+            return None;
+        }
+        let body: Value = response.json().await.unwrap();
+        Some(body["message_id"].as_str().unwrap().to_owned())
+    })
+    .await
+    .expect("the API accepts again once Postgres is back");
+    app.message_with_status(&id, "sent").await;
+    // The refused message was never stored.
+    let list: Value = app
+        .get("/v1/users/u1/messages")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["messages"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_broker_cut_off_the_api_still_accepts_and_everything_is_delivered_after() {
+    let app = TestApp::spawn_with(Options {
+        proxy_broker: true,
+        ..Options::default()
+    })
+    .await;
+    app.create_user("u1", "+62123456789").await;
+    let before = app.send("u1", "before").await;
+    app.message_with_status(&before, "sent").await;
+
+    let broker = app.broker.as_ref().unwrap();
+    broker.cut();
+    let mut during = Vec::new();
+    for n in 0..10 {
+        during.push(app.send("u1", &format!("during {n}")).await);
+    }
+    broker.restore();
+
+    for id in &during {
+        app.message_with_status(id, "sent").await;
+        assert_eq!(
+            app.sandbox_requests_for(id).len(),
+            1,
+            "{id} delivered exactly once"
+        );
+    }
+    // The connections recovered by themselves: a new message flows at once.
+    let after = app.send("u1", "after").await;
+    app.message_with_status(&after, "sent").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_at_the_worker_delays_delivery_but_loses_nothing() {
+    let app = TestApp::spawn_with(Options {
+        proxy_worker_postgres: true,
+        ..Options::default()
+    })
+    .await;
+    app.create_user("u1", "+62123456789").await;
+    let postgres = app.worker_postgres.as_ref().unwrap();
+
+    postgres.cut();
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(app.send("u1", &format!("waiting {n}")).await);
+    }
+    // While the worker cannot reach Postgres it cannot claim: nothing is sent.
+    for id in &ids {
+        assert_eq!(app.message(id).await["message_status"], "queued");
+    }
+    postgres.restore();
+    for id in &ids {
+        app.message_with_status(id, "sent").await;
+        assert_eq!(
+            app.sandbox_requests_for(id).len(),
+            1,
+            "{id} delivered exactly once"
+        );
+    }
+}
