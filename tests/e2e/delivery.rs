@@ -182,7 +182,7 @@ async fn messages_accepted_with_no_worker_running_wait_and_are_delivered_once_on
         ids.push(app.send("u1", &format!("backlog {n}")).await);
     }
     assert_eq!(app.message(&ids[0]).await["message_status"], "queued");
-    app.start_worker(Duration::from_millis(100));
+    app.start_worker();
     for id in &ids {
         app.message_with_status(id, "sent").await;
         assert_eq!(

@@ -127,3 +127,32 @@ async fn a_postgres_outage_at_the_worker_delays_delivery_but_loses_nothing() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_dies_mid_delivery_loses_nothing() {
+    let mut options = Options {
+        delivery_lease: std::time::Duration::from_secs(3),
+        ..Options::default()
+    };
+    options.sandbox.latency_ms = 1500;
+    let mut app = TestApp::spawn_with(options).await;
+    app.create_user("u1", "+62123456789").await;
+    let id = app.send("u1", "in flight").await;
+
+    app.message_with_status(&id, "sending").await;
+    app.kill_worker();
+    app.sandbox.set_latency_ms(0);
+    app.start_worker();
+
+    // The dead worker's lease expires, the relay re-queues the row, the new
+    // worker delivers it. Its provider call may have gone out too:
+    // at-least-once, and both carried the same message id.
+    let sent = app.message_with_status(&id, "sent").await;
+    assert_eq!(sent["attempts"], 2);
+    let seen = app.sandbox_requests_for(&id);
+    assert!(
+        (1..=2).contains(&seen.len()),
+        "{} provider calls",
+        seen.len()
+    );
+}

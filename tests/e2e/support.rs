@@ -141,6 +141,8 @@ pub struct Options {
     pub api_amqp_url: Option<String>,
     pub publish_lease: Duration,
     pub retry_initial: Duration,
+    /// How long a worker owns a row it is delivering.
+    pub delivery_lease: Duration,
     pub sandbox: kurir_sandbox::Config,
     /// Route the API's Postgres connections through a proxy the test can cut.
     pub proxy_api_postgres: bool,
@@ -162,6 +164,7 @@ impl Default for Options {
             api_amqp_url: None,
             publish_lease: Duration::from_secs(2),
             retry_initial: Duration::from_millis(100),
+            delivery_lease: Duration::from_secs(10),
             sandbox,
             proxy_api_postgres: false,
             proxy_worker_postgres: false,
@@ -181,6 +184,7 @@ pub struct TestApp {
     pub api_postgres: Option<Proxy>,
     pub worker_postgres: Option<Proxy>,
     pub broker: Option<Proxy>,
+    options: Options,
     database: String,
     prefix: String,
     shutdown: CancellationToken,
@@ -276,30 +280,31 @@ impl TestApp {
             api_postgres,
             worker_postgres,
             broker,
+            options: options.clone(),
             database,
             prefix,
             shutdown,
             worker: None,
         };
         if options.start_worker {
-            app.start_worker(options.retry_initial);
+            app.start_worker();
         }
         app
     }
 
-    pub fn worker_config(&self, retry_initial: Duration) -> kurir_worker::Config {
+    pub fn worker_config(&self) -> kurir_worker::Config {
         let mut provider: ProviderArgs = config::defaults();
         provider.provider = ProviderKind::Whatsapp;
         provider.whatsapp_base_url = self.sandbox.base_url();
         provider.whatsapp_token = Some("test-token".into());
         provider.whatsapp_phone_number_id = Some("1234567890".into());
-        provider.provider_timeout = Duration::from_secs(5);
+        provider.provider_timeout = (self.options.delivery_lease / 2).min(Duration::from_secs(5));
         let mut worker: WorkerArgs = config::defaults();
         worker.worker_concurrency = 8;
         worker.relay_interval = Duration::from_millis(200);
-        worker.delivery_lease = Duration::from_secs(10);
+        worker.delivery_lease = self.options.delivery_lease;
         let mut retry: RetryArgs = config::defaults();
-        retry.retry_initial = retry_initial;
+        retry.retry_initial = self.options.retry_initial;
         let mut pipeline: PipelineArgs = config::defaults();
         pipeline.shutdown_grace = Duration::from_secs(5);
         let mut database = self.database_args.clone();
@@ -316,11 +321,17 @@ impl TestApp {
         }
     }
 
-    pub fn start_worker(&mut self, retry_initial: Duration) {
-        let worker =
-            kurir_worker::Worker::start(self.worker_config(retry_initial), self.shutdown.clone())
-                .expect("start the worker");
+    pub fn start_worker(&mut self) {
+        let worker = kurir_worker::Worker::start(self.worker_config(), self.shutdown.clone())
+            .expect("start the worker");
         self.worker = Some(worker);
+    }
+
+    /// Stops the worker as if killed: nothing is settled or released.
+    pub fn kill_worker(&mut self) {
+        if let Some(worker) = self.worker.take() {
+            worker.abort();
+        }
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -158,8 +158,33 @@ async fn wait_for_signal() {
     }
 }
 
+/// clap names the flag of a bad value; settings mostly come from the
+/// environment, so name its variable too.
+fn explain(err: clap::Error) -> clap::Error {
+    use clap::{CommandFactory, error::ContextKind, error::ContextValue};
+    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
+        return err;
+    };
+    let long = arg.trim_start_matches("--").split_whitespace().next().unwrap_or("").to_owned();
+    let command = Cli::command();
+    let env = std::iter::once(&command)
+        .chain(command.get_subcommands())
+        .flat_map(|c| c.get_arguments().chain(c.get_subcommands().flat_map(|s| s.get_arguments())))
+        .find(|a| a.get_long() == Some(long.as_str()))
+        .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
+    match env {
+        Some(env) if std::env::var_os(&env).is_some() => {
+            let mut command = Cli::command();
+            let message = err.to_string();
+            let first = message.lines().next().unwrap_or("").trim_start_matches("error: ");
+            command.error(err.kind(), format!("{first} (set by {env})"))
+        }
+        _ => err,
+    }
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|err| explain(err).exit());
     init_logging(&cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -65,8 +65,12 @@ impl From<tokio_postgres::Error> for StoreError {
             }
             return StoreError::Database(err);
         }
-        // No server answer: the connection is closed or broken.
-        StoreError::Unavailable(err.to_string())
+        // No server answer: the connection is closed or broken. Keep the
+        // cause ("Connection refused"), which tokio-postgres puts in `source`.
+        match std::error::Error::source(&err) {
+            Some(cause) => StoreError::Unavailable(format!("{err}: {cause}")),
+            None => StoreError::Unavailable(err.to_string()),
+        }
     }
 }
 
