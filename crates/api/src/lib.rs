@@ -181,7 +181,7 @@ pub async fn serve(
 
 /// `kurir api`: bind `KURIR_API_ADDR` and serve.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), String> {
-    let state = AppState::new(&config, &shutdown)?;
+    // Bind first: nothing is started (no broker connection) if the address is taken.
     let listener = tokio::net::TcpListener::bind(config.api.api_addr)
         .await
         .map_err(|err| {
@@ -190,7 +190,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stri
                 config.api.api_addr
             )
         })?;
-    serve(state, listener, shutdown)
+    let state = AppState::new(&config, &shutdown)?;
+    let publisher = state.publisher.clone();
+    let served = serve(state, listener, shutdown.clone())
         .await
-        .map_err(|err| format!("api server failed: {err}"))
+        .map_err(|err| format!("api server failed: {err}"));
+    // Close the broker connection before the runtime goes away.
+    shutdown.cancel();
+    publisher.closed().await;
+    served
 }

@@ -165,18 +165,30 @@ fn explain(err: clap::Error) -> clap::Error {
     let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
         return err;
     };
-    let long = arg.trim_start_matches("--").split_whitespace().next().unwrap_or("").to_owned();
+    let long = arg
+        .trim_start_matches("--")
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_owned();
     let command = Cli::command();
     let env = std::iter::once(&command)
         .chain(command.get_subcommands())
-        .flat_map(|c| c.get_arguments().chain(c.get_subcommands().flat_map(|s| s.get_arguments())))
+        .flat_map(|c| {
+            c.get_arguments()
+                .chain(c.get_subcommands().flat_map(|s| s.get_arguments()))
+        })
         .find(|a| a.get_long() == Some(long.as_str()))
         .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
     match env {
         Some(env) if std::env::var_os(&env).is_some() => {
             let mut command = Cli::command();
             let message = err.to_string();
-            let first = message.lines().next().unwrap_or("").trim_start_matches("error: ");
+            let first = message
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("error: ");
             command.error(err.kind(), format!("{first} (set by {env})"))
         }
         _ => err,

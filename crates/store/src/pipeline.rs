@@ -4,8 +4,9 @@
 //! - publishing: [`claim_for_publish`] (the relay), [`mark_published`],
 //!   [`release_publish`], [`unpublish`];
 //! - delivering: [`claim_message`] / [`claim_status_update`] (queued → sending,
-//!   attempts + 1, with a lease), then [`record`] and [`insert_attempt`] in one
-//!   transaction; [`requeue_expired`] gives back rows whose worker died.
+//!   attempts + 1, with a lease), then [`record`] (the outcome and the
+//!   attempt, in one statement); [`requeue_expired`] gives back rows whose
+//!   worker died.
 //!
 //! `attempts` fences stale writers: an outcome is recorded only if the row is
 //! still `sending` at the attempt the writer claimed, and a publish is marked
@@ -15,6 +16,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kurir_core::{AccountId, JobKind, LastError, MessageBody, PhoneNumber, StatusText, UserId};
+use tokio_postgres::types::ToSql;
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -259,81 +261,98 @@ pub enum Resolution {
     Failed { error: LastError },
 }
 
-/// Records the resolution of the attempt this worker claimed. Returns false
-/// if the row moved on meanwhile (the lease expired and someone else took it):
-/// the caller then records the attempt but changes nothing else.
-#[instrument(skip(client, resolution))]
+/// Records one attempt and what it decided, in one statement (so one round
+/// trip, and atomic): the row's new state, and the `delivery_attempts` entry.
+/// Returns false if the row moved on meanwhile (its lease expired and another
+/// worker took it): then only the attempt is recorded.
+#[instrument(skip(client, resolution, attempt), fields(attempt = attempt.attempt))]
 pub async fn record(
     client: &impl GenericClient,
-    kind: JobKind,
-    id: Uuid,
-    attempt: i32,
     resolution: &Resolution,
+    attempt: &Attempt,
 ) -> Result<bool> {
-    let t = table(kind);
+    let t = table(attempt.kind);
+    // $1 id, $2 attempt number, $3..$11 the attempt record, $12.. the resolution's own.
     let fence = "WHERE id = $1 AND state = 'sending' AND attempts = $2";
-    let updated = match (kind, resolution) {
-        (
-            JobKind::Message,
-            Resolution::Done {
-                provider_message_id,
-            },
-        ) => {
-            let sql = format!(
-                "UPDATE {t} SET state = 'sent', sent_at = now(), updated_at = now(),
-                        lease_until = NULL, provider_message_id = $3 {fence}"
-            );
-            let statement = client.prepare_cached(&sql).await?;
-            client
-                .execute(&statement, &[&id, &attempt, provider_message_id])
-                .await?
-        }
-        (JobKind::StatusUpdate, Resolution::Done { .. }) => {
-            // Apply the text unless a newer update already did.
-            let sql = format!(
-                "WITH done AS (
-                     UPDATE {t} SET state = 'success', completed_at = now(), updated_at = now(),
-                            lease_until = NULL {fence}
-                     RETURNING account_id, user_id, status, created_at),
-                 applied AS (
-                     UPDATE users u SET status = d.status, status_set_at = d.created_at,
-                            updated_at = now()
-                     FROM done d
-                     WHERE u.account_id = d.account_id AND u.id = d.user_id
-                       AND (u.status_set_at IS NULL OR u.status_set_at <= d.created_at))
-                 SELECT count(*) FROM done"
-            );
-            let statement = client.prepare_cached(&sql).await?;
-            let row = client.query_one(&statement, &[&id, &attempt]).await?;
-            row.get::<_, i64>(0) as u64
-        }
-        (_, Resolution::Retry { after, error }) => {
-            let sql = format!(
-                "UPDATE {t} SET state = 'queued', due_at = now() + make_interval(secs => $3),
-                        last_error = $4, updated_at = now(),
-                        published = false, publish_lease_until = NULL, lease_until = NULL {fence}"
-            );
-            let statement = client.prepare_cached(&sql).await?;
-            let error = serde_json::to_value(error).map_err(corrupt)?;
-            client
-                .execute(&statement, &[&id, &attempt, &secs(*after), &error])
-                .await?
-        }
-        (_, Resolution::Failed { error }) => {
+    let (update, extra): (String, Vec<Box<dyn ToSql + Sync + Send>>) = match (attempt.kind, resolution) {
+        (JobKind::Message, Resolution::Done { provider_message_id }) => (
+            format!(
+                "done AS (UPDATE {t} SET state = 'sent', sent_at = now(), updated_at = now(),
+                          lease_until = NULL, provider_message_id = $12 {fence} RETURNING 1)"
+            ),
+            vec![Box::new(provider_message_id.clone())],
+        ),
+        // Apply the text unless a newer update already did.
+        (JobKind::StatusUpdate, Resolution::Done { .. }) => (
+            format!(
+                "done AS (UPDATE {t} SET state = 'success', completed_at = now(), updated_at = now(),
+                          lease_until = NULL {fence}
+                          RETURNING account_id, user_id, status, created_at),
+                 applied AS (UPDATE users u SET status = d.status, status_set_at = d.created_at,
+                                    updated_at = now()
+                             FROM done d
+                             WHERE u.account_id = d.account_id AND u.id = d.user_id
+                               AND (u.status_set_at IS NULL OR u.status_set_at <= d.created_at))"
+            ),
+            Vec::new(),
+        ),
+        (_, Resolution::Retry { after, error }) => (
+            format!(
+                "done AS (UPDATE {t} SET state = 'queued', due_at = now() + make_interval(secs => $12),
+                          last_error = $13, updated_at = now(), published = false,
+                          publish_lease_until = NULL, lease_until = NULL {fence} RETURNING 1)"
+            ),
+            vec![
+                Box::new(secs(*after)),
+                Box::new(serde_json::to_value(error).map_err(corrupt)?),
+            ],
+        ),
+        (kind, Resolution::Failed { error }) => {
             let finished = match kind {
                 JobKind::Message => "failed_at",
                 JobKind::StatusUpdate => "completed_at",
             };
-            let sql = format!(
-                "UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
-                        updated_at = now(), lease_until = NULL {fence}"
-            );
-            let statement = client.prepare_cached(&sql).await?;
-            let error = serde_json::to_value(error).map_err(corrupt)?;
-            client.execute(&statement, &[&id, &attempt, &error]).await?
+            (
+                format!(
+                    "done AS (UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $12,
+                              updated_at = now(), lease_until = NULL {fence} RETURNING 1)"
+                ),
+                vec![Box::new(serde_json::to_value(error).map_err(corrupt)?)],
+            )
         }
     };
-    Ok(updated == 1)
+    let sql = format!(
+        "WITH {update},
+         recorded AS (
+             INSERT INTO delivery_attempts
+                 (kind, subject_id, account_id, attempt, provider, outcome, http_status,
+                  error_code, error_detail, latency_ms, started_at)
+             VALUES ($3, $1, $4, $2, $5, $6, $7, $8, $9, $10, $11))
+         SELECT count(*) FROM done"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let kind = attempt.kind.as_str();
+    let outcome = attempt.outcome.as_str();
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+        &attempt.subject_id,
+        &attempt.attempt,
+        &kind,
+        &attempt.account.0,
+        &attempt.provider,
+        &outcome,
+        &attempt.http_status,
+        &attempt.error_code,
+        &attempt.error_detail,
+        &attempt.latency_ms,
+        &attempt.started_at,
+    ];
+    params.extend(
+        extra
+            .iter()
+            .map(|value| value.as_ref() as &(dyn ToSql + Sync)),
+    );
+    let row = client.query_one(&statement, &params).await?;
+    Ok(row.get::<_, i64>(0) == 1)
 }
 
 /// Gives a claimed row back (the worker is shutting down before delivering it).
@@ -385,36 +404,6 @@ pub struct Attempt {
     pub error_detail: Option<String>,
     pub latency_ms: i32,
     pub started_at: DateTime<Utc>,
-}
-
-pub async fn insert_attempt(client: &impl GenericClient, attempt: &Attempt) -> Result<()> {
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO delivery_attempts
-                 (kind, subject_id, account_id, attempt, provider, outcome, http_status,
-                  error_code, error_detail, latency_ms, started_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-        )
-        .await?;
-    client
-        .execute(
-            &statement,
-            &[
-                &attempt.kind.as_str(),
-                &attempt.subject_id,
-                &attempt.account.0,
-                &attempt.attempt,
-                &attempt.provider,
-                &attempt.outcome.as_str(),
-                &attempt.http_status,
-                &attempt.error_code,
-                &attempt.error_detail,
-                &attempt.latency_ms,
-                &attempt.started_at,
-            ],
-        )
-        .await?;
-    Ok(())
 }
 
 /// Every attempt recorded for one message or status update, oldest first.

@@ -134,9 +134,7 @@ impl Deliverer {
             started_at,
         };
         let recorded = self
-            .persist("record", || {
-                self.record(envelope, attempt, &resolution, &record)
-            })
+            .persist("record", || self.record(&resolution, &record))
             .await;
         match recorded {
             Some(true) => {}
@@ -171,26 +169,9 @@ impl Deliverer {
         })
     }
 
-    async fn record(
-        &self,
-        envelope: Envelope,
-        attempt: i32,
-        resolution: &Resolution,
-        record: &Attempt,
-    ) -> Result<bool, StoreError> {
-        let mut client = self.pool.get().await?;
-        let transaction = client.transaction().await?;
-        let updated = pipeline::record(
-            &transaction,
-            envelope.kind,
-            envelope.id,
-            attempt,
-            resolution,
-        )
-        .await?;
-        pipeline::insert_attempt(&transaction, record).await?;
-        transaction.commit().await?;
-        Ok(updated)
+    async fn record(&self, resolution: &Resolution, record: &Attempt) -> Result<bool, StoreError> {
+        let client = self.pool.get().await?;
+        pipeline::record(&client, resolution, record).await
     }
 
     async fn call_provider(&self, claimed: &Claimed) -> Outcome {
@@ -283,7 +264,7 @@ fn log_outcome(outcome: &Outcome, resolution: &Resolution, attempt: i32, latency
         Resolution::Done {
             provider_message_id,
         } => {
-            info!(
+            debug!(
                 attempt,
                 latency_ms,
                 provider_message_id = provider_message_id.as_deref().unwrap_or(""),
