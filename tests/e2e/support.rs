@@ -259,19 +259,9 @@ impl TestApp {
         tokio::spawn(kurir_api::serve(state, listener, shutdown.clone()));
 
         let pool = kurir_store::pool(&database_args).expect("pool");
-        let client = pool.get().await.expect("test database connection");
-        let account = kurir_store::keys::ensure_account(&client, "test-a")
-            .await
-            .expect("account");
-        let key = ApiKey::generate();
-        kurir_store::keys::insert_key(&client, account, key.key_id(), &key.hash())
-            .await
-            .expect("key");
-        drop(client);
-
         let mut app = Self {
             address,
-            key: key.expose().to_owned(),
+            key: String::new(),
             sandbox,
             pool,
             database_args,
@@ -286,6 +276,7 @@ impl TestApp {
             shutdown,
             worker: None,
         };
+        app.key = app.key_for("test-a").await;
         if options.start_worker {
             app.start_worker();
         }

@@ -70,8 +70,33 @@ impl From<FieldError> for ValidationErrors {
     }
 }
 
-fn char_count(raw: &str) -> usize {
-    raw.chars().count()
+fn not_blank(field: &str, raw: &str) -> Result<(), FieldError> {
+    if raw.trim().is_empty() {
+        return Err(FieldError::new(field, "must not be blank"));
+    }
+    Ok(())
+}
+
+/// At most `max` characters (not bytes: "é" counts once).
+fn at_most(field: &str, raw: &str, max: usize) -> Result<(), FieldError> {
+    if raw.chars().count() > max {
+        return Err(FieldError::new(
+            field,
+            format!("must be at most {max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// For one-line texts (names, statuses); message bodies may hold newlines.
+fn single_line(field: &str, raw: &str) -> Result<(), FieldError> {
+    if raw.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
 }
 
 macro_rules! text_newtype {
@@ -147,15 +172,8 @@ impl MessageBody {
     pub const MAX_CHARS: usize = 4096;
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        if raw.trim().is_empty() {
-            return Err(FieldError::new(field, "must not be blank"));
-        }
-        if char_count(raw) > Self::MAX_CHARS {
-            return Err(FieldError::new(
-                field,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
+        not_blank(field, raw)?;
+        at_most(field, raw, Self::MAX_CHARS)?;
         Ok(Self(raw.to_owned()))
     }
 }
@@ -171,26 +189,14 @@ impl StatusText {
 
     /// A status update's text: 1 to 139 characters, not blank.
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        if raw.trim().is_empty() {
-            return Err(FieldError::new(field, "must not be blank"));
-        }
+        not_blank(field, raw)?;
         Self::parse_initial(field, raw)
     }
 
     /// A user's starting status, which may be empty.
     pub fn parse_initial(field: &str, raw: &str) -> Result<Self, FieldError> {
-        if char_count(raw) > Self::MAX_CHARS {
-            return Err(FieldError::new(
-                field,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
+        at_most(field, raw, Self::MAX_CHARS)?;
+        single_line(field, raw)?;
         Ok(Self(raw.to_owned()))
     }
 }
@@ -204,21 +210,9 @@ impl UserName {
     pub const MAX_CHARS: usize = 256;
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
-        if raw.trim().is_empty() {
-            return Err(FieldError::new(field, "must not be blank"));
-        }
-        if char_count(raw) > Self::MAX_CHARS {
-            return Err(FieldError::new(
-                field,
-                format!("must be at most {} characters", Self::MAX_CHARS),
-            ));
-        }
-        if raw.chars().any(char::is_control) {
-            return Err(FieldError::new(
-                field,
-                "must not contain control characters",
-            ));
-        }
+        not_blank(field, raw)?;
+        at_most(field, raw, Self::MAX_CHARS)?;
+        single_line(field, raw)?;
         Ok(Self(raw.to_owned()))
     }
 }
