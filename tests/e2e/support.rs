@@ -188,7 +188,8 @@ pub struct TestApp {
     database: String,
     prefix: String,
     shutdown: CancellationToken,
-    worker: Option<kurir_worker::Worker>,
+    /// The running worker and the token that stops it alone.
+    worker: Option<(kurir_worker::Worker, CancellationToken)>,
 }
 
 impl TestApp {
@@ -197,6 +198,7 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
+        init_logs();
         let database = create_database().await;
         let prefix = unique("kt");
         let shutdown = CancellationToken::new();
@@ -207,6 +209,7 @@ impl TestApp {
         let mut database_args: DatabaseArgs = config::defaults();
         database_args.database_url = url_for(&database);
         database_args.db_pool_size = 4;
+        database_args.db_timeout = Duration::from_secs(2);
         let mut bus_args: BusArgs = config::defaults();
         bus_args.amqp_url = amqp_url();
         bus_args.queue_prefix = prefix.clone();
@@ -289,7 +292,7 @@ impl TestApp {
         provider.whatsapp_base_url = self.sandbox.base_url();
         provider.whatsapp_token = Some("test-token".into());
         provider.whatsapp_phone_number_id = Some("1234567890".into());
-        provider.provider_timeout = (self.options.delivery_lease / 2).min(Duration::from_secs(5));
+        provider.provider_timeout = Duration::from_secs(2);
         let mut worker: WorkerArgs = config::defaults();
         worker.worker_concurrency = 8;
         worker.relay_interval = Duration::from_millis(200);
@@ -313,16 +316,42 @@ impl TestApp {
     }
 
     pub fn start_worker(&mut self) {
-        let worker = kurir_worker::Worker::start(self.worker_config(), self.shutdown.clone())
+        let stop = self.shutdown.child_token();
+        let worker = kurir_worker::Worker::start(self.worker_config(), stop.clone())
             .expect("start the worker");
-        self.worker = Some(worker);
+        self.worker = Some((worker, stop));
     }
 
     /// Stops the worker as if killed: nothing is settled or released.
     pub fn kill_worker(&mut self) {
-        if let Some(worker) = self.worker.take() {
+        if let Some((worker, _)) = self.worker.take() {
             worker.abort();
         }
+    }
+
+    /// Stops the worker as SIGTERM does (it finishes what it holds and closes
+    /// its connections), then starts a new one.
+    pub async fn restart_worker(&mut self) {
+        if let Some((worker, stop)) = self.worker.take() {
+            stop.cancel();
+            worker.wait().await;
+        }
+        self.start_worker();
+    }
+
+    /// Deletes this app's deliveries queue behind kurir's back.
+    pub async fn delete_deliveries_queue(&self) {
+        let connection =
+            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
+                .await
+                .expect("connect");
+        let channel = connection.create_channel().await.expect("channel");
+        let queue = Topology::new(self.prefix.clone()).deliveries();
+        channel
+            .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
+            .await
+            .expect("delete the queue");
+        let _ = connection.close(200, "done".into()).await;
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -431,6 +460,20 @@ impl TestApp {
     }
 }
 
+/// Logs go to the test's captured output (shown for a failing test);
+/// `RUST_LOG` picks the level, `warn` by default.
+fn init_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 /// Polls `check` every 50 ms until it returns `Some` or `limit` passes.
 pub async fn eventually<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
 where
@@ -469,9 +512,7 @@ async fn ensure_broker() {
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.shutdown.cancel();
-        if let Some(worker) = self.worker.take() {
-            worker.abort();
-        }
+        self.kill_worker();
         self.pool.close();
         let database = self.database.clone();
         let prefix = self.prefix.clone();

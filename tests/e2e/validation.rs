@@ -47,6 +47,7 @@ async fn bad_messages_are_422_naming_the_field() {
         json!({}),
         json!({"message": null}),
         json!({"message": 42}),
+        json!({"message": "nul \u{0} inside"}),
     ] {
         let response = app
             .post("/v1/users/u1/messages", &body)
@@ -190,6 +191,7 @@ async fn bad_query_parameters_are_422_naming_the_parameter() {
         ("/v1/users?cursor=bogus", "cursor"),
         ("/v1/users/u1/messages?status=lost", "status"),
         ("/v1/users/u1/messages?cursor=bogus", "cursor"),
+        ("/v1/users?limit=1&limit=2", "limit"),
     ] {
         let response = app.get(path).send().await.unwrap();
         let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;

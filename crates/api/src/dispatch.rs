@@ -21,7 +21,7 @@ use tracing::{debug, warn};
 
 /// Most rows published in one batch.
 const BATCH: usize = 512;
-/// Rows waiting to be published before handlers wait (backpressure).
+/// Rows waiting to be published; past this the relay takes over.
 const BACKLOG: usize = 8192;
 
 #[derive(Debug, Clone)]
@@ -41,10 +41,13 @@ impl Dispatcher {
         Self { tx }
     }
 
-    /// Queues an accepted row for publishing. Never fails the request: if
-    /// the dispatcher is gone the relay publishes the row.
-    pub async fn submit(&self, row: Publishable) {
-        let _ = self.tx.send(row).await;
+    /// Queues an accepted row for publishing. Never waits and never fails
+    /// the request: if the dispatcher is behind (or gone), the relay
+    /// publishes the row when its publish lease ends.
+    pub fn submit(&self, row: Publishable) {
+        if self.tx.try_send(row).is_err() {
+            debug!(id = %row.id, "dispatcher busy; leaving the row to the relay");
+        }
     }
 }
 
@@ -112,7 +115,7 @@ async fn settle(
             pipeline::mark_published(&client, kind, rows).await?;
         }
         for (kind, rows) in JobKind::ALL.into_iter().zip(failed) {
-            pipeline::release_publish(&client, kind, rows).await?;
+            pipeline::release_publish(&client, kind, rows, true).await?;
         }
         Ok(())
     })

@@ -191,7 +191,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::Unavailable(cause) => {
                 tracing::warn!(%cause, "postgres unavailable; answering 503");
-                ApiError::unavailable("the database is unavailable; nothing was stored, try again")
+                ApiError::unavailable("the database is unavailable; try again")
             }
             other => {
                 tracing::error!(error = ?other, "store error");

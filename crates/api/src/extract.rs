@@ -3,7 +3,7 @@
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Request},
+    extract::{FromRequest, FromRequestParts, Path, Query, Request},
     http::{HeaderMap, header, request::Parts},
 };
 use kurir_core::{AccountId, apikey};
@@ -88,6 +88,43 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                 }
             })?;
         parse_json(&bytes).map(JsonBody)
+    }
+}
+
+/// Query parameters. A malformed query (a repeated parameter, say) is a 422
+/// naming the parameter, like every other invalid input.
+#[derive(Debug)]
+pub struct Params<T>(pub T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Params(value)),
+            Err(rejection) => {
+                // "Failed to deserialize query string: duplicate field `limit`"
+                let text = rejection.body_text();
+                let field = text.split('`').nth(1).unwrap_or("query").to_owned();
+                let reason = text.rsplit(": ").next().unwrap_or(&text).to_owned();
+                Err(ApiError::field(&field, reason))
+            }
+        }
+    }
+}
+
+/// The one id in a path. A segment that is not even valid text names nothing: 404.
+#[derive(Debug)]
+pub struct Id(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(id)| Id(id))
+            .map_err(|_| ApiError::route_not_found())
     }
 }
 

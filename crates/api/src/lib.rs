@@ -91,6 +91,7 @@ impl AppState {
             publisher: self.publisher.clone(),
             timeout: self.db_timeout,
             broker_required: false,
+            consuming: None,
         }
     }
 }
@@ -192,11 +193,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stri
         })?;
     let state = AppState::new(&config, &shutdown)?;
     let publisher = state.publisher.clone();
-    let served = serve(state, listener, shutdown.clone())
-        .await
-        .map_err(|err| format!("api server failed: {err}"));
+    let mut server = tokio::spawn(serve(state, listener, shutdown.clone()));
+    let grace = config.pipeline.shutdown_grace;
+    let served = tokio::select! {
+        served = &mut server => served.map_err(|err| err.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
+        () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {
+            tracing::warn!("shutdown grace over; closing the connections still open");
+            server.abort();
+            Ok(())
+        }
+    };
     // Close the broker connection before the runtime goes away.
     shutdown.cancel();
     publisher.closed().await;
-    served
+    served.map_err(|err| format!("api server failed: {err}"))
 }

@@ -2,7 +2,14 @@
 //! dependencies answer). The API serves them beside `/v1`; the worker serves
 //! them on `KURIR_WORKER_METRICS_ADDR` through [`serve`].
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use kurir_bus::Publisher;
@@ -19,6 +26,8 @@ pub struct Probe {
     /// The API stays ready while the broker is down (it still accepts: rows
     /// wait in Postgres); a worker is not.
     pub broker_required: bool,
+    /// A worker's consumers: running or not.
+    pub consuming: Option<Arc<AtomicBool>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -30,7 +39,11 @@ pub struct Readiness {
 impl Probe {
     pub async fn check(&self) -> (bool, Readiness) {
         let postgres = kurir_store::ping(&self.pool, self.timeout).await.is_ok();
-        let rabbitmq = self.publisher.is_connected();
+        let consuming = self
+            .consuming
+            .as_ref()
+            .is_none_or(|flag| flag.load(Ordering::Relaxed));
+        let rabbitmq = self.publisher.is_connected() && consuming;
         let ready = postgres && (rabbitmq || !self.broker_required);
         let word = |up: bool| if up { "ok" } else { "unavailable" };
         (

@@ -8,7 +8,7 @@ use lapin::{
     Acker, Channel, Connection,
     options::{
         BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicNackOptions,
-        BasicQosOptions, BasicRejectOptions,
+        BasicQosOptions, BasicRejectOptions, QueueDeclareOptions,
     },
     types::FieldTable,
 };
@@ -20,6 +20,7 @@ pub struct Consumer {
     channel: Channel,
     inner: lapin::Consumer,
     tag: String,
+    queue: String,
 }
 
 impl std::fmt::Debug for Consumer {
@@ -109,6 +110,7 @@ impl Consumer {
             channel,
             inner,
             tag: tag.to_owned(),
+            queue: queue.to_owned(),
         })
     }
 
@@ -133,6 +135,34 @@ impl Consumer {
                     }
                     debug!(consumer = %self.tag, "consumer recovered");
                 }
+            }
+        }
+    }
+
+    /// Whether the queue still exists and has consumers. A queue deleted
+    /// under a consumer does not always cancel it (RabbitMQ 3.10 quorum
+    /// queues send no `basic.cancel`), leaving a consumer that will never get
+    /// another delivery; call this now and then and start again on false.
+    pub async fn still_attached(&self) -> bool {
+        let options = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let check =
+            self.channel
+                .queue_declare(self.queue.as_str().into(), options, FieldTable::default());
+        match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {
+            Ok(Ok(queue)) => {
+                debug!(consumer = %self.tag, queue = %self.queue, consumers = queue.consumer_count(), messages = queue.message_count(), "queue check");
+                queue.consumer_count() > 0
+            }
+            Ok(Err(err)) => {
+                warn!(consumer = %self.tag, queue = %self.queue, error = %err, "consumed queue is gone");
+                false
+            }
+            Err(_) => {
+                warn!(consumer = %self.tag, queue = %self.queue, "the broker did not answer a queue check");
+                false
             }
         }
     }

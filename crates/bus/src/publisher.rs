@@ -139,9 +139,12 @@ impl Publisher {
             .is_ok_and(|result| result.is_ok())
     }
 
+    /// Connected and not blocked by the broker (a memory or disk alarm
+    /// blocks publishers: lapin then holds every publish until it clears).
     pub fn is_connected(&self) -> bool {
         self.ready.borrow().as_ref().is_some_and(|ready| {
-            ready.connection.status().connected() && ready.channel.status().connected()
+            let connection = ready.connection.status();
+            connection.connected() && !connection.blocked() && ready.channel.status().connected()
         })
     }
 
@@ -150,9 +153,12 @@ impl Publisher {
     }
 
     fn channel(&self) -> Result<Channel, PublishError> {
+        if !self.is_connected() {
+            return Err(PublishError::NotConnected);
+        }
         match self.ready.borrow().as_ref() {
-            Some(ready) if ready.channel.status().connected() => Ok(ready.channel.clone()),
-            _ => Err(PublishError::NotConnected),
+            Some(ready) => Ok(ready.channel.clone()),
+            None => Err(PublishError::NotConnected),
         }
     }
 
@@ -173,9 +179,14 @@ impl Publisher {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        Ok(channel
-            .basic_publish(exchange.into(), route.into(), options, payload, properties)
-            .await?)
+        // lapin waits for the frame to be written; a blocked connection would
+        // hold it for as long as the broker's alarm lasts.
+        let publish =
+            channel.basic_publish(exchange.into(), route.into(), options, payload, properties);
+        match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
+            Ok(sent) => Ok(sent?),
+            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
+        }
     }
 
     async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
@@ -220,7 +231,20 @@ impl Publisher {
             .await;
             pending.push(async move { Self::confirmed(sent?).await });
         }
-        join_all(pending).await
+        let results = join_all(pending).await;
+        if results
+            .iter()
+            .any(|r| matches!(r, Err(PublishError::Unroutable)))
+        {
+            // Someone deleted a queue or binding: put the topology back.
+            warn!("a publish was unroutable; declaring the topology again");
+            if let Ok(Err(err)) =
+                tokio::time::timeout(CONFIRM_TIMEOUT, self.topology.declare(&channel)).await
+            {
+                warn!(error = %err, "could not declare the topology");
+            }
+        }
+        results
     }
 
     /// Parks a payload no worker can read in `{p}.dead`, for a person to look at.

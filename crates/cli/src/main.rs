@@ -301,6 +301,7 @@ fn start_worker(
         publisher: worker.publisher().clone(),
         timeout: db_timeout,
         broker_required: true,
+        consuming: Some(worker.consuming()),
     };
     let shutdown = shutdown.clone();
     tokio::spawn(async move {

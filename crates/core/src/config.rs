@@ -260,7 +260,8 @@ pub struct WorkerArgs {
     pub worker_metrics_addr: SocketAddr,
 
     /// How long a worker owns a row it is delivering; a worker that dies
-    /// mid-delivery gives it up after this. Must exceed the provider timeout.
+    /// mid-delivery gives it up after this. Must exceed the provider timeout
+    /// + 1s + the database timeout.
     #[arg(long, env = "KURIR_DELIVERY_LEASE", default_value = "60s", value_parser = positive_duration)]
     pub delivery_lease: Duration,
 
@@ -275,12 +276,16 @@ pub struct WorkerArgs {
 }
 
 impl WorkerArgs {
-    pub fn check(&self, provider: &ProviderArgs) -> Result<(), String> {
-        if self.delivery_lease <= provider.provider_timeout {
+    /// The lease must outlast a whole delivery: the provider call (plus the
+    /// worker's one-second guard over it) and recording the outcome, or a
+    /// live delivery could be handed to a second worker.
+    pub fn check(&self, provider: &ProviderArgs, database: &DatabaseArgs) -> Result<(), String> {
+        let needed = provider.provider_timeout + Duration::from_secs(1) + database.db_timeout;
+        if self.delivery_lease <= needed {
             return Err(format!(
-                "KURIR_DELIVERY_LEASE ({}) must be longer than KURIR_PROVIDER_TIMEOUT ({})",
+                "KURIR_DELIVERY_LEASE ({}) must be longer than KURIR_PROVIDER_TIMEOUT + 1s + KURIR_DB_TIMEOUT ({})",
                 humantime::format_duration(self.delivery_lease),
-                humantime::format_duration(provider.provider_timeout)
+                humantime::format_duration(needed)
             ));
         }
         Ok(())
@@ -299,7 +304,8 @@ mod tests {
         assert_eq!(retry.retry_initial, Duration::from_secs(1));
         assert_eq!(retry.retry_max_interval, Duration::from_secs(600));
         assert_eq!(retry.retry_max_age, Duration::from_secs(24 * 3600));
-        assert!(worker.check(&provider).is_ok());
+        let database: DatabaseArgs = defaults();
+        assert!(worker.check(&provider, &database).is_ok());
     }
 
     #[test]

@@ -88,7 +88,22 @@ fn at_most(field: &str, raw: &str, max: usize) -> Result<(), FieldError> {
     Ok(())
 }
 
-/// For one-line texts (names, statuses); message bodies may hold newlines.
+/// Text may hold line breaks and tabs but no other control characters
+/// (Postgres cannot store NUL at all).
+fn printable(field: &str, raw: &str) -> Result<(), FieldError> {
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(FieldError::new(
+            field,
+            "must not contain control characters other than line breaks and tabs",
+        ));
+    }
+    Ok(())
+}
+
+/// For one-line texts (names, statuses, URLs); message bodies may hold newlines.
 fn single_line(field: &str, raw: &str) -> Result<(), FieldError> {
     if raw.chars().any(char::is_control) {
         return Err(FieldError::new(
@@ -174,6 +189,7 @@ impl MessageBody {
     pub fn parse(field: &str, raw: &str) -> Result<Self, FieldError> {
         not_blank(field, raw)?;
         at_most(field, raw, Self::MAX_CHARS)?;
+        printable(field, raw)?;
         Ok(Self(raw.to_owned()))
     }
 }
@@ -232,6 +248,8 @@ impl ProfileImage {
                 format!("must be at most {} characters", Self::MAX_LEN),
             ));
         }
+        // The URL parser would silently drop tabs and newlines; refuse them.
+        single_line(field, raw)?;
         let url = url::Url::parse(raw)
             .map_err(|_| FieldError::new(field, "must be an absolute http(s) URL"))?;
         if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
@@ -276,6 +294,9 @@ mod tests {
         assert!(MessageBody::parse("message", &"a".repeat(4097)).is_err());
         assert!(MessageBody::parse("message", "").is_err());
         assert!(MessageBody::parse("message", " \n\t").is_err());
+        assert!(MessageBody::parse("message", "line one\nline two\ttab").is_ok());
+        assert!(MessageBody::parse("message", "a\u{0}b").is_err());
+        assert!(MessageBody::parse("message", "bell\u{7}").is_err());
     }
 
     #[test]
@@ -285,6 +306,8 @@ mod tests {
         assert!(StatusText::parse("status", &"a".repeat(140)).is_err());
         assert!(StatusText::parse("status", "  ").is_err());
         assert!(StatusText::parse_initial("status", "").is_ok());
+        assert!(StatusText::parse("status", "a\u{0}").is_err());
+        assert!(UserName::parse("name", "a\u{0}").is_err());
     }
 
     #[test]
@@ -294,6 +317,8 @@ mod tests {
         assert!(ProfileImage::parse("p", "ftp://example.com/x").is_err());
         assert!(ProfileImage::parse("p", "/relative.jpg").is_err());
         assert!(ProfileImage::parse("p", "javascript:alert(1)").is_err());
+        assert!(ProfileImage::parse("p", "https://exa\nmple.com/x").is_err());
+        assert!(ProfileImage::parse("p", "https://example.com/\u{0}").is_err());
     }
 
     #[test]

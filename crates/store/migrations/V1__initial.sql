@@ -109,4 +109,5 @@ CREATE TABLE delivery_attempts (
     started_at    timestamptz NOT NULL,
     finished_at   timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX delivery_attempts_subject_idx ON delivery_attempts (subject_id, attempt);
+-- one row per attempt: a record repeated after a lost reply is a no-op
+CREATE UNIQUE INDEX delivery_attempts_subject_idx ON delivery_attempts (subject_id, attempt);

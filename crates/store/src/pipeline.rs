@@ -105,29 +105,41 @@ pub async fn mark_published(
 }
 
 /// Gives up the publish lease of rows that could not be published, so the
-/// next relay round takes them at once, and wakes the relays.
+/// next relay round takes them at once. With `wake`, also NOTIFYs the relays
+/// (the API does, after a failed publish; a relay releasing its own rows does
+/// not, or it would wake itself straight back into the same failure).
 pub async fn release_publish(
     client: &impl GenericClient,
     kind: JobKind,
     rows: &[Publishable],
+    wake: bool,
 ) -> Result<u64> {
     if rows.is_empty() {
         return Ok(0);
     }
     let t = table(kind);
     let sql = format!(
-        "WITH released AS (
-             UPDATE {t} AS t SET publish_lease_until = NULL
-             FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
-             WHERE t.id = p.id AND t.attempts = p.attempts
-               AND t.state = 'queued' AND NOT t.published
-             RETURNING 1)
-         SELECT count(*), pg_notify('{RELAY_CHANNEL}', '') FROM released"
+        "UPDATE {t} AS t SET publish_lease_until = NULL
+         FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
+         WHERE t.id = p.id AND t.attempts = p.attempts
+           AND t.state = 'queued' AND NOT t.published"
     );
     let statement = client.prepare_cached(&sql).await?;
     let (ids, attempts) = split(rows);
-    let row = client.query_one(&statement, &[&ids, &attempts]).await?;
-    Ok(row.get::<_, i64>(0) as u64)
+    let released = client.execute(&statement, &[&ids, &attempts]).await?;
+    if wake && released > 0 {
+        notify_relays(client).await?;
+    }
+    Ok(released)
+}
+
+/// Wakes every relay (a hint: they also poll).
+pub async fn notify_relays(client: &impl GenericClient) -> Result<()> {
+    let statement = client
+        .prepare_cached(&format!("SELECT pg_notify('{RELAY_CHANNEL}', '')"))
+        .await?;
+    client.execute(&statement, &[]).await?;
+    Ok(())
 }
 
 /// The broker lost its copy (dead-lettered after too many deliveries): mark
@@ -273,14 +285,21 @@ pub async fn record(
 ) -> Result<bool> {
     let t = table(attempt.kind);
     // $1 id, $2 attempt number, $3..$11 the attempt record, $12.. the resolution's own.
-    let fence = "WHERE id = $1 AND state = 'sending' AND attempts = $2";
+    //
+    // A final outcome still counts if the row was re-queued after our lease
+    // expired (Postgres was away longer than the lease) but nobody claimed it
+    // again yet: the next claim would bump `attempts`. A retry does not: the
+    // row is already queued again, and a relay may be publishing it.
+    let final_fence = "WHERE id = $1 AND state IN ('sending', 'queued') AND attempts = $2";
+    let retry_fence = "WHERE id = $1 AND state = 'sending' AND attempts = $2";
+    let fence = final_fence;
     let (update, extra): (String, Vec<Box<dyn ToSql + Sync + Send>>) = match (attempt.kind, resolution) {
         (JobKind::Message, Resolution::Done { provider_message_id }) => (
             format!(
                 "done AS (UPDATE {t} SET state = 'sent', sent_at = now(), updated_at = now(),
                           lease_until = NULL, provider_message_id = $12 {fence} RETURNING 1)"
             ),
-            vec![Box::new(provider_message_id.clone())],
+            vec![Box::new(provider_message_id.as_deref().map(pg_text))],
         ),
         // Apply the text unless a newer update already did.
         (JobKind::StatusUpdate, Resolution::Done { .. }) => (
@@ -300,11 +319,11 @@ pub async fn record(
             format!(
                 "done AS (UPDATE {t} SET state = 'queued', due_at = now() + make_interval(secs => $12),
                           last_error = $13, updated_at = now(), published = false,
-                          publish_lease_until = NULL, lease_until = NULL {fence} RETURNING 1)"
+                          publish_lease_until = NULL, lease_until = NULL {retry_fence} RETURNING 1)"
             ),
             vec![
                 Box::new(secs(*after)),
-                Box::new(serde_json::to_value(error).map_err(corrupt)?),
+                Box::new(error_json(error)?),
             ],
         ),
         (kind, Resolution::Failed { error }) => {
@@ -317,7 +336,7 @@ pub async fn record(
                     "done AS (UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $12,
                               updated_at = now(), lease_until = NULL {fence} RETURNING 1)"
                 ),
-                vec![Box::new(serde_json::to_value(error).map_err(corrupt)?)],
+                vec![Box::new(error_json(error)?)],
             )
         }
     };
@@ -327,12 +346,16 @@ pub async fn record(
              INSERT INTO delivery_attempts
                  (kind, subject_id, account_id, attempt, provider, outcome, http_status,
                   error_code, error_detail, latency_ms, started_at)
-             VALUES ($3, $1, $4, $2, $5, $6, $7, $8, $9, $10, $11))
+             VALUES ($3, $1, $4, $2, $5, $6, $7, $8, $9, $10, $11)
+             -- the same record sent again after a lost reply
+             ON CONFLICT (subject_id, attempt) DO NOTHING)
          SELECT count(*) FROM done"
     );
     let statement = client.prepare_cached(&sql).await?;
     let kind = attempt.kind.as_str();
     let outcome = attempt.outcome.as_str();
+    let error_code = attempt.error_code.as_deref().map(pg_text);
+    let error_detail = attempt.error_detail.as_deref().map(pg_text);
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![
         &attempt.subject_id,
         &attempt.attempt,
@@ -341,8 +364,8 @@ pub async fn record(
         &attempt.provider,
         &outcome,
         &attempt.http_status,
-        &attempt.error_code,
-        &attempt.error_detail,
+        &error_code,
+        &error_detail,
         &attempt.latency_ms,
         &attempt.started_at,
     ];
@@ -353,6 +376,20 @@ pub async fn record(
     );
     let row = client.query_one(&statement, &params).await?;
     Ok(row.get::<_, i64>(0) == 1)
+}
+
+/// Text from a provider, made storable: Postgres refuses NUL in text and jsonb.
+fn pg_text(raw: &str) -> String {
+    raw.replace('\0', "")
+}
+
+fn error_json(error: &LastError) -> Result<serde_json::Value> {
+    let clean = LastError {
+        code: pg_text(&error.code),
+        detail: pg_text(&error.detail),
+        retryable: error.retryable,
+    };
+    serde_json::to_value(clean).map_err(corrupt)
 }
 
 /// Gives a claimed row back (the worker is shutting down before delivering it).

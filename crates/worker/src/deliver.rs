@@ -36,6 +36,8 @@ pub struct Deliverer {
     pub db_timeout: Duration,
     pub provider_timeout: Duration,
     pub shutdown: CancellationToken,
+    /// Rows claimed and not yet recorded: (kind, attempt) by id.
+    pub held: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (JobKind, i32)>>,
 }
 
 /// A claimed row, ready for the provider.
@@ -78,16 +80,27 @@ impl Deliverer {
             }
             Err(err) => {
                 warn!(error = %err, "could not park the envelope; handing it back");
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 delivery.requeue().await;
             }
         }
     }
 
     async fn deliver(&self, delivery: &Delivery, envelope: Envelope) {
-        let Some(claimed) = self.persist("claim", || self.claim(envelope)).await else {
-            // Shutting down before the claim: someone else will take it.
-            delivery.requeue().await;
-            return;
+        let claimed = match self.persist("claim", || self.claim(envelope)).await {
+            Persisted::Done(claimed) => claimed,
+            Persisted::ShuttingDown => {
+                // Someone else will take it.
+                delivery.requeue().await;
+                return;
+            }
+            Persisted::Failed(err) => {
+                error!(error = ?err, "cannot claim; handing the envelope back");
+                // Don't spin on a failure that is not an outage.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                delivery.requeue().await;
+                return;
+            }
         };
         let Some(claimed) = claimed else {
             debug!(
@@ -98,6 +111,7 @@ impl Deliverer {
             return;
         };
         let attempt = claimed.attempt();
+        self.hold(envelope, attempt);
         let started_at = Utc::now();
         let started = tokio::time::Instant::now();
         let outcome = if self.retry.expired(claimed.created_at(), started_at) {
@@ -137,22 +151,59 @@ impl Deliverer {
             .persist("record", || self.record(&resolution, &record))
             .await;
         match recorded {
-            Some(true) => {}
-            Some(false) => warn!(
+            Persisted::Done(true) => {}
+            Persisted::Done(false) => warn!(
                 attempt,
-                "row moved on while we delivered (lease expired?); outcome recorded as an attempt only"
+                "row moved on while we delivered (lease expired and it was claimed again); outcome recorded as an attempt only"
             ),
-            None => {
-                // Shutting down with Postgres away: leave the envelope unacked;
-                // the lease expires and the row is delivered again.
+            Persisted::ShuttingDown => {
+                // Postgres is away and we are stopping: the row stays leased
+                // and is delivered again after the lease.
                 warn!(
                     attempt,
                     "could not record the outcome before shutdown; it will be retried"
                 );
-                return;
+            }
+            Persisted::Failed(err) => {
+                error!(error = ?err, attempt, "cannot record the outcome; the row will be retried after its lease");
             }
         }
+        self.release_hold(envelope.id);
+        // The envelope's job is done either way: the row holds the truth, and
+        // a row left leased gets a fresh envelope from the relay.
         delivery.ack().await;
+    }
+
+    fn hold(&self, envelope: Envelope, attempt: i32) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.insert(envelope.id, (envelope.kind, attempt));
+    }
+
+    fn release_hold(&self, id: uuid::Uuid) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        held.remove(&id);
+    }
+
+    /// After the shutdown grace: gives back the rows of deliveries that were
+    /// cut off, so another worker takes them now rather than after the lease.
+    pub async fn release_held(&self) {
+        let held: Vec<_> = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            held.drain().collect()
+        };
+        for (id, (kind, attempt)) in held {
+            let released = timed(self.db_timeout, async {
+                let client = self.pool.get().await?;
+                pipeline::release_claim(&client, kind, id, attempt).await
+            })
+            .await;
+            match released {
+                Ok(_) => info!(%kind, %id, attempt, "released a delivery cut off by shutdown"),
+                Err(err) => {
+                    warn!(%kind, %id, error = %err, "could not release a delivery; its lease will expire")
+                }
+            }
+        }
     }
 
     async fn claim(&self, envelope: Envelope) -> Result<Option<Claimed>, StoreError> {
@@ -214,9 +265,9 @@ impl Deliverer {
         }
     }
 
-    /// Runs a database step until it succeeds, waiting out an unavailable
-    /// Postgres. `None` if shutdown came first.
-    async fn persist<T, F, Fut>(&self, what: &str, mut step: F) -> Option<T>
+    /// Runs a database step, waiting out an unavailable Postgres (only that:
+    /// any other error is returned at once rather than retried forever).
+    async fn persist<T, F, Fut>(&self, what: &str, mut step: F) -> Persisted<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
@@ -229,26 +280,30 @@ impl Deliverer {
                     if failures > 0 {
                         info!(step = what, failures, "postgres is back");
                     }
-                    return Some(value);
+                    return Persisted::Done(value);
                 }
-                Err(err) => {
+                Err(err) if err.is_unavailable() => {
                     failures += 1;
                     if failures == 1 || failures.is_multiple_of(20) {
-                        if err.is_unavailable() {
-                            warn!(step = what, error = %err, "postgres unavailable; waiting");
-                        } else {
-                            error!(step = what, error = ?err, "database step failed; retrying");
-                        }
+                        warn!(step = what, error = %err, "postgres unavailable; waiting");
                     }
                 }
+                Err(err) => return Persisted::Failed(err),
             }
             tokio::select! {
-                () = self.shutdown.cancelled() => return None,
+                () = self.shutdown.cancelled() => return Persisted::ShuttingDown,
                 () = tokio::time::sleep(delay) => {}
             }
-            delay = (delay * 2).min(Duration::from_secs(5));
+            // Short steps: once Postgres is back, record before a lease runs out.
+            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+enum Persisted<T> {
+    Done(T),
+    ShuttingDown,
+    Failed(StoreError),
 }
 
 fn error_of(outcome: &Outcome) -> Option<&ProviderError> {

@@ -10,7 +10,14 @@ pub mod provider;
 pub mod relay;
 pub mod retry;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use kurir_bus::{Consumer, Publisher, Topology};
 use kurir_core::config::{
@@ -48,6 +55,7 @@ pub enum WorkerError {
 pub struct Worker {
     pool: Pool,
     publisher: Publisher,
+    consuming: Arc<AtomicBool>,
     tasks: JoinSet<()>,
 }
 
@@ -65,7 +73,7 @@ impl Worker {
     pub fn start(config: Config, shutdown: CancellationToken) -> Result<Self, WorkerError> {
         config
             .worker
-            .check(&config.provider)
+            .check(&config.provider, &config.database)
             .map_err(WorkerError::Config)?;
         let provider = provider::from_args(&config.provider).map_err(WorkerError::Config)?;
         Self::start_with(config, provider, shutdown)
@@ -121,12 +129,14 @@ impl Worker {
             db_timeout: config.database.db_timeout,
             provider_timeout: config.provider.provider_timeout,
             shutdown: shutdown.clone(),
+            held: Default::default(),
         });
+        let consuming = Arc::new(AtomicBool::new(false));
         tasks.spawn(consume(
             config.clone(),
             topology,
             deliverer,
-            pool.clone(),
+            consuming.clone(),
             shutdown.clone(),
         ));
         info!(
@@ -138,6 +148,7 @@ impl Worker {
         Ok(Self {
             pool,
             publisher,
+            consuming,
             tasks,
         })
     }
@@ -148,6 +159,11 @@ impl Worker {
 
     pub fn publisher(&self) -> &Publisher {
         &self.publisher
+    }
+
+    /// True while the consumers are running (for readiness).
+    pub fn consuming(&self) -> Arc<AtomicBool> {
+        self.consuming.clone()
     }
 
     /// Waits for the worker to stop after its shutdown token fired.
@@ -171,24 +187,55 @@ impl Worker {
     }
 }
 
-/// The consuming side: its own connection, a consumer on the deliveries queue
-/// (prefetch = concurrency) and one on the redeliver queue.
+/// The consuming side, on its own connection: a consumer on the deliveries
+/// queue (prefetch = concurrency) and one on the redeliver queue. If they stop
+/// (the broker cancelled them, or recovery failed), they are started again.
 async fn consume(
     config: Config,
     topology: Topology,
     deliverer: Arc<Deliverer>,
-    pool: Pool,
+    consuming: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
+    let mut delay = Duration::from_millis(500);
+    while !shutdown.is_cancelled() {
+        let result = consume_once(&config, &topology, &deliverer, &consuming, &shutdown).await;
+        consuming.store(false, Ordering::Relaxed);
+        if shutdown.is_cancelled() {
+            break;
+        }
+        match result {
+            Ok(()) => warn!("consumers stopped; starting them again"),
+            Err(err) => warn!(error = %err, "cannot consume; trying again"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(10));
+    }
+    info!("worker stopped consuming");
+}
+
+/// How often the consumer checks that its queue still exists and still has
+/// it as a consumer (see `Consumer::still_attached`).
+const CONSUMER_CHECK: Duration = Duration::from_secs(5);
+
+/// Bounds a broker call made while stopping: a blocked broker must not hold
+/// the exit.
+async fn briefly<F: Future>(step: F) {
+    let _ = tokio::time::timeout(Duration::from_secs(5), step).await;
+}
+
+async fn consume_once(
+    config: &Config,
+    topology: &Topology,
+    deliverer: &Arc<Deliverer>,
+    consuming: &AtomicBool,
+    shutdown: &CancellationToken,
+) -> Result<(), kurir_bus::BusError> {
     let connection =
-        match kurir_bus::connect(&config.bus.amqp_url, "kurir-worker-consume", &shutdown).await {
-            Ok(connection) => connection,
-            Err(kurir_bus::BusError::ShutDown) => return,
-            Err(err) => {
-                error!(error = %err, "cannot connect to RabbitMQ");
-                return;
-            }
-        };
+        kurir_bus::connect(&config.bus.amqp_url, "kurir-worker-consume", shutdown).await?;
     // The publisher declares the topology; the queues must exist before we consume.
     while !deliverer
         .publisher
@@ -196,37 +243,49 @@ async fn consume(
         .await
     {
         if shutdown.is_cancelled() {
-            return;
+            return Ok(());
         }
     }
+    // Declare (idempotently) what we consume: a queue deleted under us comes back.
+    let setup = connection.create_channel().await?;
+    topology.declare(&setup).await?;
+    briefly(setup.close(200, "declared".into())).await;
     let concurrency = config.worker.worker_concurrency;
     let (deliveries_queue, redeliver_queue) = (topology.deliveries(), topology.redeliver());
-    let consumers = tokio::try_join!(
+    let started = tokio::try_join!(
         Consumer::start(&connection, &deliveries_queue, concurrency, "kurir-worker"),
         Consumer::start(&connection, &redeliver_queue, 16, "kurir-worker-redeliver"),
     );
-    let (mut deliveries, mut redeliveries) = match consumers {
+    let (mut deliveries, mut redeliveries) = match started {
         Ok(consumers) => consumers,
         Err(err) => {
-            error!(error = %err, "cannot start consuming");
-            return;
+            briefly(connection.close(200, "worker restarting".into())).await;
+            return Err(err);
         }
     };
-    let db_timeout = config.database.db_timeout;
-    let redeliver_shutdown = shutdown.clone();
-    let redeliver = tokio::spawn(async move {
-        loop {
-            let delivery = tokio::select! {
-                () = redeliver_shutdown.cancelled() => break,
-                delivery = redeliveries.next() => match delivery { Some(d) => d, None => break },
-            };
-            hand_back(&pool, db_timeout, delivery).await;
-        }
-        redeliveries.close().await;
-    });
+    consuming.store(true, Ordering::Relaxed);
+    let (pool, db_timeout) = (deliverer.pool.clone(), config.database.db_timeout);
+    // Stops with the deliveries consumer, or at shutdown.
+    let stop_redeliver = shutdown.child_token();
+    let redeliver = {
+        let stop = stop_redeliver.clone();
+        let deliverer = deliverer.clone();
+        tokio::spawn(async move {
+            loop {
+                let delivery = tokio::select! {
+                    () = stop.cancelled() => break,
+                    delivery = redeliveries.next() => match delivery { Some(d) => d, None => break },
+                };
+                hand_back(&pool, db_timeout, &deliverer, delivery).await;
+            }
+            briefly(redeliveries.close()).await;
+        })
+    };
 
     let slots = Arc::new(Semaphore::new(usize::from(concurrency)));
     let mut in_flight = JoinSet::new();
+    let mut check = tokio::time::interval(CONSUMER_CHECK);
+    check.reset();
     loop {
         let permit = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -234,6 +293,12 @@ async fn consume(
         };
         let delivery = tokio::select! {
             () = shutdown.cancelled() => break,
+            _ = check.tick() => {
+                if deliveries.still_attached().await {
+                    continue;
+                }
+                break;
+            }
             delivery = deliveries.next() => match delivery { Some(d) => d, None => break },
         };
         let deliverer = deliverer.clone();
@@ -244,9 +309,10 @@ async fn consume(
         // Reap finished tasks so the set stays small.
         while in_flight.try_join_next().is_some() {}
     }
-    // Stop taking work, finish what is in flight, then let the broker
-    // requeue whatever prefetched envelopes were never started.
-    deliveries.cancel().await;
+    consuming.store(false, Ordering::Relaxed);
+    // Stop taking work, finish what is in flight, release what is cut off,
+    // then let the broker requeue prefetched envelopes never started.
+    briefly(deliveries.cancel()).await;
     let grace = config.pipeline.shutdown_grace;
     let drained = tokio::time::timeout(grace, async {
         while in_flight.join_next().await.is_some() {}
@@ -255,23 +321,30 @@ async fn consume(
     if drained.is_err() {
         warn!(
             left = in_flight.len(),
-            "shutdown grace over; abandoning deliveries in flight (their leases will expire)"
+            "grace period over; releasing deliveries still in flight"
         );
         in_flight.abort_all();
+        while in_flight.join_next().await.is_some() {}
+        deliverer.release_held().await;
     }
-    deliveries.close().await;
+    stop_redeliver.cancel();
+    briefly(deliveries.close()).await;
     let _ = redeliver.await;
-    let _ = connection.close(200, "worker stopped".into()).await;
-    info!("worker stopped consuming");
+    briefly(connection.close(200, "worker stopped".into())).await;
+    Ok(())
 }
 
 /// An envelope the broker dead-lettered after too many deliveries: mark its
 /// row unpublished so the relay sends it again, then ack.
-async fn hand_back(pool: &Pool, db_timeout: Duration, delivery: kurir_bus::Delivery) {
+async fn hand_back(
+    pool: &Pool,
+    db_timeout: Duration,
+    deliverer: &Deliverer,
+    delivery: kurir_bus::Delivery,
+) {
     let Ok(envelope) = delivery.envelope else {
-        warn!("undecodable envelope in the redeliver queue; dropping it");
-        delivery.ack().await;
-        return;
+        // Not ours to retry; keep it for a person to look at.
+        return deliverer.handle(delivery).await;
     };
     let result = timed(db_timeout, async {
         let client = pool.get().await?;
@@ -285,6 +358,7 @@ async fn hand_back(pool: &Pool, db_timeout: Duration, delivery: kurir_bus::Deliv
         }
         Err(err) => {
             warn!(error = %err, "cannot hand a dead-lettered envelope back yet");
+            tokio::time::sleep(Duration::from_secs(1)).await;
             delivery.requeue().await;
         }
     }

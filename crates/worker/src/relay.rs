@@ -104,7 +104,7 @@ async fn round(
         if !failed.is_empty() {
             timed(
                 config.db_timeout,
-                pipeline::release_publish(&client, kind, &failed),
+                pipeline::release_publish(&client, kind, &failed, false),
             )
             .await?;
             // Let the broker come back before hammering it again.

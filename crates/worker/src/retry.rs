@@ -80,9 +80,18 @@ impl RetryPolicy {
                     // Never sooner than the provider asked.
                     after = after.max(*retry_after);
                 }
-                let deadline = created_at + self.max_age;
-                let next = now + after;
-                if next > deadline {
+                let past_deadline = match (
+                    chrono::TimeDelta::from_std(self.max_age),
+                    chrono::TimeDelta::from_std(after),
+                ) {
+                    (Ok(max_age), Ok(after)) => {
+                        let deadline = created_at.checked_add_signed(max_age);
+                        let next = now.checked_add_signed(after);
+                        !matches!((next, deadline), (Some(next), Some(deadline)) if next <= deadline)
+                    }
+                    _ => true,
+                };
+                if past_deadline {
                     let mut error = last_error(error, true);
                     error.detail = format!(
                         "{} (gave up after {attempt} attempts: the next would be past the {} deadline)",
@@ -103,7 +112,10 @@ impl RetryPolicy {
     /// A row claimed after its deadline (it waited out an outage) fails
     /// without another provider call.
     pub fn expired(&self, created_at: DateTime<Utc>, now: DateTime<Utc>) -> bool {
-        now > created_at + self.max_age
+        chrono::TimeDelta::from_std(self.max_age)
+            .ok()
+            .and_then(|max_age| created_at.checked_add_signed(max_age))
+            .is_some_and(|deadline| now > deadline)
     }
 }
 
@@ -192,6 +204,22 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(policy().expired(now - chrono::Duration::hours(25), now));
+        assert!(!policy().expired(now - chrono::Duration::hours(23), now));
+    }
+
+    #[test]
+    fn a_retry_after_past_the_deadline_fails_instead_of_retrying_sooner() {
+        let now = Utc::now();
+        let week = Duration::from_secs(7 * 24 * 3600);
+        assert!(matches!(
+            policy().resolve(&retryable(Some(week)), 1, now, now),
+            Resolution::Failed { .. }
+        ));
+        let huge = Duration::from_secs(365 * 24 * 3600);
+        assert!(matches!(
+            policy().resolve(&retryable(Some(huge)), 1, now, now),
+            Resolution::Failed { .. }
+        ));
     }
 
     #[test]

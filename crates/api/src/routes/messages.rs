@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
@@ -14,7 +14,7 @@ use crate::{
     AppState,
     dto::{Accepted, MessageBody, MessageList, decode_cursor, encode_cursor, parse_limit},
     error::{ApiError, ApiResult},
-    extract::{Account, JsonBody},
+    extract::{Account, Id, JsonBody, Params},
 };
 
 #[derive(Debug, Deserialize)]
@@ -35,7 +35,7 @@ pub(crate) fn location(path: String) -> HeaderMap {
 pub async fn send(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(user): Path<String>,
+    Id(user): Id,
     JsonBody(body): JsonBody<SendMessage>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<Accepted>)> {
     let user = user_id(&user)?;
@@ -52,15 +52,12 @@ pub async fn send(
     })
     .await?
     .ok_or_else(|| ApiError::not_found("user"))?;
-    state
-        .dispatcher
-        .submit(Publishable {
-            kind: JobKind::Message,
-            id: message.id.0,
-            account,
-            attempts: 0,
-        })
-        .await;
+    state.dispatcher.submit(Publishable {
+        kind: JobKind::Message,
+        id: message.id.0,
+        account,
+        attempts: 0,
+    });
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/messages/{}", message.id)),
@@ -79,7 +76,7 @@ pub fn message_id(raw: &str) -> ApiResult<MessageId> {
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> ApiResult<Json<MessageBody>> {
     let id = message_id(&id)?;
     let message = timed(state.db_timeout, async {
@@ -105,8 +102,8 @@ const CURSOR_TAG: &str = "m";
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(user): Path<String>,
-    Query(query): Query<ListQuery>,
+    Id(user): Id,
+    Params(query): Params<ListQuery>,
 ) -> ApiResult<Json<MessageList>> {
     let user = user_id(&user)?;
     let limit = parse_limit(query.limit.as_deref())?;

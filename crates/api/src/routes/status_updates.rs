@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, State},
+    extract::State,
     http::{HeaderMap, StatusCode},
 };
 use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
@@ -14,7 +14,7 @@ use crate::{
     AppState,
     dto::{StatusAccepted, StatusUpdateBody},
     error::{ApiError, ApiResult},
-    extract::{Account, JsonBody},
+    extract::{Account, Id, JsonBody},
 };
 
 #[derive(Debug, Deserialize)]
@@ -27,7 +27,7 @@ pub struct SetStatus {
 pub async fn set(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(user): Path<String>,
+    Id(user): Id,
     JsonBody(body): JsonBody<SetStatus>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<StatusAccepted>)> {
     let user = user_id(&user)?;
@@ -44,15 +44,12 @@ pub async fn set(
     })
     .await?
     .ok_or_else(|| ApiError::not_found("user"))?;
-    state
-        .dispatcher
-        .submit(Publishable {
-            kind: JobKind::StatusUpdate,
-            id: update.id.0,
-            account,
-            attempts: 0,
-        })
-        .await;
+    state.dispatcher.submit(Publishable {
+        kind: JobKind::StatusUpdate,
+        id: update.id.0,
+        account,
+        attempts: 0,
+    });
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/status-updates/{}", update.id)),
@@ -67,7 +64,7 @@ pub async fn set(
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> ApiResult<Json<StatusUpdateBody>> {
     let id = StatusUpdateId::parse(&id).ok_or_else(|| ApiError::not_found("status update"))?;
     let update = timed(state.db_timeout, async {

@@ -2,7 +2,7 @@
 
 use axum::{
     Json,
-    extract::{Path, Query, State},
+    extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use kurir_core::{PhoneNumber, ProfileImage, StatusText, UserId, UserName, ValidationErrors};
@@ -13,7 +13,7 @@ use crate::{
     AppState,
     dto::{UserBody, UserList, decode_cursor, encode_cursor, parse_limit},
     error::{ApiError, ApiResult},
-    extract::{Account, JsonBody},
+    extract::{Account, Id, JsonBody, Params},
 };
 
 #[derive(Debug, Deserialize)]
@@ -105,7 +105,7 @@ pub fn user_id(raw: &str) -> ApiResult<UserId> {
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
-    Path(id): Path<String>,
+    Id(id): Id,
 ) -> ApiResult<Json<UserBody>> {
     let id = user_id(&id)?;
     let user = timed(state.db_timeout, async {
@@ -128,7 +128,7 @@ const CURSOR_TAG: &str = "u";
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
-    Query(query): Query<ListQuery>,
+    Params(query): Params<ListQuery>,
 ) -> ApiResult<Json<UserList>> {
     let limit = parse_limit(query.limit.as_deref())?;
     let after = match query.cursor.as_deref() {

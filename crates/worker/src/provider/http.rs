@@ -9,8 +9,10 @@ use reqwest::{Client, Response, StatusCode, header::HeaderMap, redirect};
 
 use super::{Outcome, ProviderError};
 
-/// The longest `Retry-After` honoured; a longer one is cut to this.
-pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(60 * 60);
+/// A bound on `Retry-After` that only keeps date arithmetic from
+/// overflowing: any wait this long is past every sensible retry deadline, so
+/// the message fails rather than being retried sooner than asked.
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(365 * 24 * 60 * 60);
 
 /// How much of an error text (detail) is kept, in characters.
 pub(crate) const MAX_DETAIL_CHARS: usize = 500;
@@ -253,7 +255,10 @@ mod tests {
             Some(Duration::from_secs(120))
         );
         assert_eq!(parse_retry_after(" 0 ", now()), Some(Duration::ZERO));
-        assert_eq!(parse_retry_after("7200", now()), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("7200", now()),
+            Some(Duration::from_secs(7200))
+        );
         assert_eq!(
             parse_retry_after("99999999999999999999999999", now()),
             Some(MAX_RETRY_AFTER)
@@ -284,10 +289,10 @@ mod tests {
             parse_retry_after("Tue, 20 Oct 2015 07:28:00 GMT", now()),
             Some(Duration::ZERO)
         );
-        // Far future: capped.
+        // Future: the whole wait, however long (a day here).
         assert_eq!(
             parse_retry_after("Thu, 22 Oct 2015 07:28:00 GMT", now()),
-            Some(MAX_RETRY_AFTER)
+            Some(Duration::from_secs(86400))
         );
     }
 
