@@ -291,11 +291,8 @@ fn start_worker(
 ) -> Result<kurir_worker::Worker, Failure> {
     let addr = config.worker.worker_metrics_addr;
     let db_timeout = config.database.db_timeout;
-    let worker =
-        kurir_worker::Worker::start(config, shutdown.clone()).map_err(|err| match err {
-            kurir_worker::WorkerError::Config(message) => Failure::Config(message),
-            other => Failure::Runtime(other.to_string()),
-        })?;
+    let worker = kurir_worker::Worker::start(config, shutdown.clone())
+        .map_err(|err| Failure::Config(err.0))?;
     let probe = kurir_api::ops::Probe {
         pool: worker.pool().clone(),
         publisher: worker.publisher().clone(),

@@ -11,30 +11,29 @@ use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-/// Starts listening on `channel`; `wake` is notified for each notification
-/// (and once after every (re)connect, in case one was missed meanwhile).
-pub fn spawn_listener(
+/// Listens on `channel` until `shutdown`, notifying `wake` for each
+/// notification (and once after every (re)connect, in case one was missed
+/// meanwhile). Spawn it where its owner can abort it.
+pub async fn run(
     config: tokio_postgres::Config,
     channel: &'static str,
     wake: Arc<Notify>,
     shutdown: CancellationToken,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut backoff = Duration::from_millis(200);
-        while !shutdown.is_cancelled() {
-            match listen_once(&config, channel, &wake, &shutdown).await {
-                Ok(()) => backoff = Duration::from_millis(200),
-                Err(err) => {
-                    debug!(error = %err, "relay listener lost its connection; reconnecting");
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
-                }
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(backoff) => {}
+) {
+    let mut backoff = Duration::from_millis(200);
+    while !shutdown.is_cancelled() {
+        match listen_once(&config, channel, &wake, &shutdown).await {
+            Ok(()) => backoff = Duration::from_millis(200),
+            Err(err) => {
+                debug!(error = %err, "relay listener lost its connection; reconnecting");
+                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
-    })
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            () = tokio::time::sleep(backoff) => {}
+        }
+    }
 }
 
 async fn listen_once(

@@ -1,9 +1,12 @@
 //! One delivery: claim the row → call the provider → record the outcome and
-//! the attempt in one transaction → ack. Each step's failure has one answer:
+//! the attempt (one statement) → ack. Each step's failure has one answer:
 //! - undecodable envelope: parked in `{p}.dead`;
 //! - row not claimable: a duplicate envelope; ack and drop;
 //! - Postgres unavailable: wait and try again (the envelope stays unacked, the
-//!   row stays leased), or on shutdown hand the envelope back;
+//!   row stays leased); on shutdown, hand the envelope back (before the claim)
+//!   or leave the row to its lease (after);
+//! - any other database error: not retried in a loop; the envelope goes back
+//!   (before the claim) or the row is retried after its lease (after);
 //! - the worker dies anywhere: the broker redelivers the envelope and the
 //!   relay re-queues the row when its lease expires.
 

@@ -42,16 +42,13 @@ pub struct Config {
     pub retry: RetryArgs,
 }
 
+/// A setting the worker cannot start with; the message names it.
 #[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("{0}")]
-    Config(String),
-    #[error(transparent)]
-    Bus(#[from] kurir_bus::BusError),
-}
+#[error("{0}")]
+pub struct WorkerError(pub String);
 
-/// A running worker. Dropping it does not stop it: fire the shutdown token,
-/// then [`Worker::wait`].
+/// A running worker. To stop it cleanly, fire its shutdown token, then
+/// [`Worker::wait`]; dropping it stops it at once, like [`Worker::abort`].
 pub struct Worker {
     pool: Pool,
     publisher: Publisher,
@@ -74,8 +71,8 @@ impl Worker {
         config
             .worker
             .check(&config.provider, &config.database)
-            .map_err(WorkerError::Config)?;
-        let provider = provider::from_args(&config.provider).map_err(WorkerError::Config)?;
+            .map_err(WorkerError)?;
+        let provider = provider::from_args(&config.provider).map_err(WorkerError)?;
         Self::start_with(config, provider, shutdown)
     }
 
@@ -85,8 +82,8 @@ impl Worker {
         provider: Arc<dyn Provider>,
         shutdown: CancellationToken,
     ) -> Result<Self, WorkerError> {
-        let pool = kurir_store::pool(&config.database).map_err(WorkerError::Config)?;
-        let pg_config = kurir_store::pg_config(&config.database).map_err(WorkerError::Config)?;
+        let pool = kurir_store::pool(&config.database).map_err(WorkerError)?;
+        let pg_config = kurir_store::pg_config(&config.database).map_err(WorkerError)?;
         let topology = Topology::new(config.bus.queue_prefix.clone());
         let publisher = Publisher::start(
             config.bus.amqp_url.clone(),
@@ -97,15 +94,12 @@ impl Worker {
         let mut tasks = JoinSet::new();
 
         let wake = Arc::new(tokio::sync::Notify::new());
-        let listener = listen::spawn_listener(
+        tasks.spawn(listen::run(
             pg_config,
             pipeline::RELAY_CHANNEL,
             wake.clone(),
             shutdown.clone(),
-        );
-        tasks.spawn(async move {
-            let _ = listener.await;
-        });
+        ));
         let relay_config = RelayConfig {
             interval: config.worker.relay_interval,
             batch: config.worker.relay_batch,
@@ -183,7 +177,6 @@ impl Worker {
     /// leases and unacked envelopes are left for others to recover.
     pub fn abort(mut self) {
         self.tasks.abort_all();
-        self.tasks.detach_all();
     }
 }
 

@@ -115,7 +115,7 @@ async fn round(
 }
 
 /// Publishes `rows`, split into (confirmed, not confirmed).
-pub async fn publish(
+async fn publish(
     publisher: &Publisher,
     rows: &[pipeline::Publishable],
 ) -> (Vec<pipeline::Publishable>, Vec<pipeline::Publishable>) {
