@@ -44,7 +44,7 @@ fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-fn pg_config(dbname: &str) -> tokio_postgres::Config {
+pub fn pg_config(dbname: &str) -> tokio_postgres::Config {
     let mut config: tokio_postgres::Config = base_database_url()
         .parse()
         .expect("DATABASE_URL is not a Postgres URL");
@@ -96,6 +96,20 @@ async fn template() -> &'static str {
                     .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
                     .await
                     .expect("publish the template");
+                // Templates of older migration sets are of no more use.
+                let stale = client
+                    .query(
+                        "SELECT datname FROM pg_database WHERE datname LIKE 'kurir\\_tmpl\\_%' AND datname <> $1",
+                        &[&name],
+                    )
+                    .await
+                    .expect("list old templates");
+                for row in stale {
+                    let old: String = row.get(0);
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                        .await;
+                }
             }
             client
                 .execute("SELECT pg_advisory_unlock(4242424242)", &[])
