@@ -6,7 +6,7 @@
 //! ends. Either way the row in Postgres is the promise: nothing here can lose
 //! a message.
 
-use std::time::Duration;
+use std::{future::Future, time::Duration};
 
 use kurir_bus::{Envelope, Publisher};
 use kurir_core::JobKind;
@@ -18,6 +18,8 @@ use kurir_store::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
+
+use crate::error::ApiError;
 
 /// Most rows published in one batch.
 const BATCH: usize = 512;
@@ -49,6 +51,19 @@ impl Dispatcher {
             debug!(id = %row.id, "dispatcher busy; leaving the row to the relay");
         }
     }
+}
+
+/// Runs an accept (commit the row, then hand it to the dispatcher) on its own
+/// task: a client that hangs up drops its request's future, and must not
+/// split the commit from the hand-over (the row would then wait out its
+/// publish lease for the relay).
+pub async fn detached<T: Send + 'static>(
+    accept: impl Future<Output = Result<T, ApiError>> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::spawn(accept).await.unwrap_or_else(|err| {
+        tracing::error!(error = %err, "an accept task failed");
+        Err(ApiError::internal())
+    })
 }
 
 async fn run(

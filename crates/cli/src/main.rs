@@ -206,7 +206,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command));
-    info!("stopped");
+    tracing::debug!("stopped");
     // Don't wait on stray blocking tasks (a DNS lookup, a driver thread).
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     match result {

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::users::user_id;
 use crate::{
     AppState,
+    dispatch::detached,
     dto::{Accepted, MessageBody, MessageList, decode_cursor, encode_cursor, parse_limit},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
@@ -46,18 +47,22 @@ pub async fn send(
         return Err(ApiError::validation(errors));
     };
     let id = MessageId::generate();
-    let message = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        messages::insert(&client, account, &user, id, &text, state.publish_lease).await
+    let message = detached(async move {
+        let message = timed(state.db_timeout, async {
+            let client = state.pool.get().await?;
+            messages::insert(&client, account, &user, id, &text, state.publish_lease).await
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+        state.dispatcher.submit(Publishable {
+            kind: JobKind::Message,
+            id: message.id.0,
+            account,
+            attempts: 0,
+        });
+        Ok(message)
     })
-    .await?
-    .ok_or_else(|| ApiError::not_found("user"))?;
-    state.dispatcher.submit(Publishable {
-        kind: JobKind::Message,
-        id: message.id.0,
-        account,
-        attempts: 0,
-    });
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/messages/{}", message.id)),

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::{messages::location, users::user_id};
 use crate::{
     AppState,
+    dispatch::detached,
     dto::{StatusAccepted, StatusUpdateBody},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
@@ -38,18 +39,22 @@ pub async fn set(
         return Err(ApiError::validation(errors));
     };
     let id = StatusUpdateId::generate();
-    let update = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        status_updates::insert(&client, account, &user, id, &text, state.publish_lease).await
+    let update = detached(async move {
+        let update = timed(state.db_timeout, async {
+            let client = state.pool.get().await?;
+            status_updates::insert(&client, account, &user, id, &text, state.publish_lease).await
+        })
+        .await?
+        .ok_or_else(|| ApiError::not_found("user"))?;
+        state.dispatcher.submit(Publishable {
+            kind: JobKind::StatusUpdate,
+            id: update.id.0,
+            account,
+            attempts: 0,
+        });
+        Ok(update)
     })
-    .await?
-    .ok_or_else(|| ApiError::not_found("user"))?;
-    state.dispatcher.submit(Publishable {
-        kind: JobKind::StatusUpdate,
-        id: update.id.0,
-        account,
-        attempts: 0,
-    });
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/status-updates/{}", update.id)),
