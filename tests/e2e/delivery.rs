@@ -74,23 +74,9 @@ async fn a_permanent_failure_ends_failed_with_the_providers_code_and_is_not_retr
     assert_eq!(attempts[0].outcome, AttemptOutcome::Permanent);
     assert_eq!(attempts[0].http_status, Some(400));
 
-    let failed_list: Value = app
-        .get("/v1/users/gone/messages?status=failed")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let failed_list: Value = app.get_json("/v1/users/gone/messages?status=failed").await;
     assert_eq!(failed_list["messages"].as_array().unwrap().len(), 1);
-    let sent_list: Value = app
-        .get("/v1/users/gone/messages?status=sent")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let sent_list: Value = app.get_json("/v1/users/gone/messages?status=sent").await;
     assert_eq!(sent_list["messages"].as_array().unwrap().len(), 0);
 }
 

@@ -55,14 +55,7 @@ async fn with_postgres_down_the_api_answers_503_and_never_202() {
     .expect("the API accepts again once Postgres is back");
     app.message_with_status(&id, "sent").await;
     // The refused message was never stored.
-    let list: Value = app
-        .get("/v1/users/u1/messages")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/users/u1/messages").await;
     assert_eq!(list["messages"].as_array().unwrap().len(), 1);
 }
 

@@ -72,23 +72,9 @@ async fn one_account_cannot_see_or_touch_anothers_data() {
         .await
         .unwrap();
     assert_eq!(theirs["name"], "Other Alice");
-    let ours: Value = app
-        .get("/v1/users/alice")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ours: Value = app.get_json("/v1/users/alice").await;
     assert_eq!(ours["name"], "User alice");
-    let our_list: Value = app
-        .get("/v1/users/alice/messages")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let our_list: Value = app.get_json("/v1/users/alice/messages").await;
     assert_eq!(our_list["messages"].as_array().unwrap().len(), 1);
     let their_list: Value = get("/v1/users/alice/messages".into())
         .await

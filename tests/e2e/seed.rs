@@ -30,14 +30,7 @@ async fn the_seed_flow_lists_users_sends_a_message_and_updates_a_status() {
     .unwrap();
 
     // List: the seed's shape, seed fields on every user, in creation order.
-    let list: Value = app
-        .get("/v1/users")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/users").await;
     let users = list["users"].as_array().unwrap();
     assert_eq!(users.len(), 2);
     assert_eq!(users[0]["id"], "user123");
@@ -103,13 +96,8 @@ async fn the_seed_flow_lists_users_sends_a_message_and_updates_a_status() {
     let update_id = accepted["status_update_id"].as_str().unwrap().to_owned();
     let done = eventually(DEADLINE, || async {
         let update: Value = app
-            .get(&format!("/v1/status-updates/{update_id}"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .get_json(&format!("/v1/status-updates/{update_id}"))
+            .await;
         (update["status_update"] == "success").then_some(update)
     })
     .await
@@ -117,14 +105,7 @@ async fn the_seed_flow_lists_users_sends_a_message_and_updates_a_status() {
     assert_eq!(done["status"], "Sedang sibuk dalam rapat.");
     assert_eq!(done["user_id"], "user123");
     assert_eq!(done["attempts"], 1);
-    let user: Value = app
-        .get("/v1/users/user123")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let user: Value = app.get_json("/v1/users/user123").await;
     assert_eq!(user["status"], "Sedang sibuk dalam rapat.");
     let profile = app
         .sandbox
@@ -135,14 +116,7 @@ async fn the_seed_flow_lists_users_sends_a_message_and_updates_a_status() {
 
     // The user's messages, newest first.
     app.send("user123", "second").await;
-    let list: Value = app
-        .get("/v1/users/user123/messages")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.get_json("/v1/users/user123/messages").await;
     let messages = list["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 2);
     assert_eq!(messages[0]["message"], "second");

@@ -376,6 +376,12 @@ impl TestApp {
         self.http.get(self.url(path)).bearer_auth(&self.key)
     }
 
+    /// GETs `path` with the app's key; the JSON body, whatever the status.
+    pub async fn get_json(&self, path: &str) -> Value {
+        let response = self.get(path).send().await.expect("request");
+        response.json().await.expect("a JSON body")
+    }
+
     pub fn post(&self, path: &str, body: &Value) -> RequestBuilder {
         self.http
             .post(self.url(path))

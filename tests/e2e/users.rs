@@ -55,13 +55,8 @@ async fn users_without_an_id_get_one_and_every_field_is_present() {
         assert!(chrono::DateTime::parse_from_rfc3339(user[field].as_str().unwrap()).is_ok());
     }
     let fetched: Value = app
-        .get(&format!("/v1/users/{}", user["id"].as_str().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/users/{}", user["id"].as_str().unwrap()))
+        .await;
     assert_eq!(fetched, user);
 }
 
@@ -75,7 +70,7 @@ async fn lists_page_with_cursors_in_a_stable_order() {
     let mut seen = Vec::new();
     let mut path = "/v1/users?limit=2".to_owned();
     loop {
-        let page: Value = app.get(&path).send().await.unwrap().json().await.unwrap();
+        let page: Value = app.get_json(&path).await;
         let users = page["users"].as_array().unwrap();
         assert!(users.len() <= 2);
         seen.extend(users.iter().map(|u| u["id"].as_str().unwrap().to_owned()));
@@ -90,23 +85,11 @@ async fn lists_page_with_cursors_in_a_stable_order() {
     for n in 0..3 {
         ids.insert(app.send("u0", &format!("m{n}")).await);
     }
-    let first: Value = app
-        .get("/v1/users/u0/messages?limit=2")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let first: Value = app.get_json("/v1/users/u0/messages?limit=2").await;
     let cursor = first["next_cursor"].as_str().unwrap();
     let second: Value = app
-        .get(&format!("/v1/users/u0/messages?limit=2&cursor={cursor}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+        .get_json(&format!("/v1/users/u0/messages?limit=2&cursor={cursor}"))
+        .await;
     let texts: Vec<_> = first["messages"]
         .as_array()
         .unwrap()
