@@ -9,7 +9,7 @@
 use std::{future::Future, time::Duration};
 
 use kurir_bus::{Envelope, Publisher};
-use kurir_core::JobKind;
+use kurir_core::{JobKind, runtime::Tasks};
 use kurir_store::{
     PgPool, StoreError,
     pipeline::{self, Publishable},
@@ -36,10 +36,11 @@ impl Dispatcher {
         pool: PgPool,
         publisher: Publisher,
         db_timeout: Duration,
+        tasks: &Tasks,
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        tokio::spawn(run(rx, pool, publisher, db_timeout, shutdown));
+        tasks.spawn(run(rx, pool, publisher, db_timeout, shutdown));
         Self { tx }
     }
 
@@ -54,13 +55,14 @@ impl Dispatcher {
 }
 
 /// Runs an accept (commit the row, then hand it to the dispatcher) on its own
-/// task: a client that hangs up drops its request's future, and must not
-/// split the commit from the hand-over (the row would then wait out its
-/// publish lease for the relay).
+/// task of the process's `tasks`: a client that hangs up drops its request's
+/// future, and must not split the commit from the hand-over (the row would
+/// then wait out its publish lease for the relay).
 pub async fn detached<T: Send + 'static>(
+    tasks: &Tasks,
     accept: impl Future<Output = Result<T, ApiError>> + Send + 'static,
 ) -> Result<T, ApiError> {
-    tokio::spawn(accept).await.unwrap_or_else(|err| {
+    tasks.spawn(accept).await.unwrap_or_else(|err| {
         tracing::error!(error = %err, "an accept task failed");
         Err(ApiError::internal())
     })

@@ -24,7 +24,10 @@ use axum::{
     routing::{get, post},
 };
 use kurir_bus::{Publisher, Topology};
-use kurir_core::config::{ApiArgs, BusArgs, DatabaseArgs, PipelineArgs};
+use kurir_core::{
+    config::{ApiArgs, BusArgs, DatabaseArgs, PipelineArgs},
+    runtime::Tasks,
+};
 use kurir_store::PgPool;
 use tokio_util::sync::CancellationToken;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
@@ -47,6 +50,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub publisher: Publisher,
     pub dispatcher: Dispatcher,
+    /// Every task the API spawns: its publisher, dispatcher and accepts.
+    pub tasks: Tasks,
     pub db_timeout: Duration,
     pub publish_lease: Duration,
     pub max_body_bytes: u64,
@@ -63,22 +68,26 @@ impl AppState {
     /// in the background, so this works while dependencies are down).
     pub fn new(config: &Config, shutdown: &CancellationToken) -> Result<Self, String> {
         let pool = kurir_store::pool(&config.database)?;
+        let tasks = Tasks::new();
         let publisher = Publisher::start(
             config.bus.amqp_url.clone(),
             Topology::new(config.bus.queue_prefix.clone()),
             "kurir-api".into(),
+            &tasks,
             shutdown.clone(),
         );
         let dispatcher = Dispatcher::start(
             pool.clone(),
             publisher.clone(),
             config.database.db_timeout,
+            &tasks,
             shutdown.clone(),
         );
         Ok(Self {
             pool,
             publisher,
             dispatcher,
+            tasks,
             db_timeout: config.database.db_timeout,
             publish_lease: config.pipeline.publish_lease,
             max_body_bytes: config.api.max_body_bytes,
@@ -192,8 +201,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stri
             )
         })?;
     let state = AppState::new(&config, &shutdown)?;
-    let publisher = state.publisher.clone();
-    let mut server = tokio::spawn(serve(state, listener, shutdown.clone()));
+    let tasks = state.tasks.clone();
+    let mut server = tasks.spawn(serve(state, listener, shutdown.clone()));
     let grace = config.pipeline.shutdown_grace;
     let served = tokio::select! {
         served = &mut server => served.map_err(|err| err.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
@@ -203,8 +212,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stri
             Ok(())
         }
     };
-    // Close the broker connection before the runtime goes away.
+    // Let every task end (the broker connection closes) before the runtime goes away.
     shutdown.cancel();
-    publisher.closed().await;
+    if tokio::time::timeout(grace, tasks.wait()).await.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "tasks still running after the grace period; stopping them"
+        );
+        tasks.abort();
+    }
     served.map_err(|err| format!("api server failed: {err}"))
 }

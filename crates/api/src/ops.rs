@@ -2,19 +2,13 @@
 //! dependencies answer). The API serves them beside `/v1`; the worker serves
 //! them on `KURIR_WORKER_METRICS_ADDR` through [`serve`].
 
-use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, time::Duration};
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use kurir_bus::Publisher;
 use kurir_store::PgPool;
 use serde::Serialize;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What readiness checks, and whether RabbitMQ is required for it.
@@ -26,8 +20,8 @@ pub struct Probe {
     /// The API stays ready while the broker is down (it still accepts: rows
     /// wait in Postgres); a worker is not.
     pub broker_required: bool,
-    /// A worker's consumers: running or not.
-    pub consuming: Option<Arc<AtomicBool>>,
+    /// A worker's consumer: running or not.
+    pub consuming: Option<watch::Receiver<bool>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,7 +36,7 @@ impl Probe {
         let consuming = self
             .consuming
             .as_ref()
-            .is_none_or(|flag| flag.load(Ordering::Relaxed));
+            .is_none_or(|consuming| *consuming.borrow());
         let rabbitmq = self.publisher.is_connected() && consuming;
         let ready = postgres && (rabbitmq || !self.broker_required);
         let word = |up: bool| if up { "ok" } else { "unavailable" };

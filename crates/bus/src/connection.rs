@@ -1,16 +1,23 @@
-//! Connecting to RabbitMQ.
+//! Connecting to RabbitMQ, and noticing when a connection is gone.
 //!
-//! lapin's automatic recovery (`enable_auto_recover`) handles a connection
-//! lost later: it reconnects forever with a capped backoff and replays the
-//! topology, QoS, confirm mode and consumers. The first connection is made by
-//! our own loop instead, with plain connections as probes, so that a wrong
-//! password or an unreachable host is logged with its reason while we retry.
+//! kurir owns recovery; lapin's `enable_auto_recover` stays off. A lost
+//! connection is thrown away whole (channels, consumers, pending confirms)
+//! and the owner ([`crate::Publisher`], or the worker's consumer loop) makes
+//! a new one. So no consumer survives on a channel that nobody reads: when a
+//! connection goes, the broker requeues everything it had delivered on it.
 
 use std::time::Duration;
 
-use lapin::{Connection, ConnectionProperties, uri::AMQPUri};
+use futures_util::StreamExt;
+use kurir_core::runtime::Reconnect;
+use lapin::{Channel, Connection, ConnectionProperties, Event, uri::AMQPUri};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, warn};
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often a connection's health is looked at besides its error events.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
@@ -18,6 +25,8 @@ pub enum BusError {
     BadUrl(String),
     #[error("shut down before RabbitMQ was reached")]
     ShutDown,
+    #[error("RabbitMQ did not answer within {0:?}")]
+    Timeout(Duration),
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
 }
@@ -31,64 +40,94 @@ pub(crate) fn describe(url: &str) -> Result<String, BusError> {
     ))
 }
 
-fn properties(name: &str, recover: bool) -> ConnectionProperties {
+/// The schedule every RabbitMQ reconnect loop uses.
+pub(crate) fn reconnect_schedule() -> Reconnect {
+    Reconnect::new(Duration::from_millis(100), Duration::from_secs(5))
+}
+
+/// One connection attempt, bounded in time. `name` shows in the management UI.
+pub async fn connect_once(url: &str, name: &str) -> Result<Connection, BusError> {
+    describe(url)?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    if recover {
-        properties
-            .enable_auto_recover()
-            .configure_backoff(|backoff| {
-                backoff
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5))
-                    .without_max_times()
-            })
-    } else {
-        properties
+    match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
+        Ok(connection) => Ok(connection?),
+        Err(_) => Err(BusError::Timeout(CONNECT_TIMEOUT)),
     }
 }
 
-/// Connects, retrying until RabbitMQ answers or `shutdown` fires. The
-/// connection recovers on its own afterwards. `name` shows in the management UI.
-pub async fn connect(
+/// Connects, retrying on `reconnect`'s schedule until RabbitMQ answers or
+/// `shutdown` fires. The first failure of a first connection is a warning
+/// (an operator starting kurir wants to know at once); after a connection
+/// was lost, only a persisting outage is (every tenth failure), since the
+/// owner already said it lost the broker.
+pub(crate) async fn connect(
     url: &str,
     name: &str,
+    reconnect: &mut Reconnect,
+    first: bool,
     shutdown: &CancellationToken,
 ) -> Result<Connection, BusError> {
     let target = describe(url)?;
-    let mut delay = Duration::from_millis(100);
-    let mut failures = 0u32;
     loop {
-        let attempt = async {
-            let probe = Connection::connect(url, properties(name, false)).await?;
-            let _ = probe.close(200, "probe done".into()).await;
-            Connection::connect(url, properties(name, true)).await
-        };
         let result = tokio::select! {
             () = shutdown.cancelled() => return Err(BusError::ShutDown),
-            result = tokio::time::timeout(Duration::from_secs(15), attempt) => result,
+            result = connect_once(url, name) => result,
         };
         match result {
-            Ok(Ok(connection)) => {
-                info!(rabbitmq = %target, connection = name, "connected to RabbitMQ");
-                return Ok(connection);
-            }
-            Ok(Err(err)) => {
-                failures += 1;
-                // Say it once loudly, then every ~10th time, not on every retry.
-                if failures == 1 || failures.is_multiple_of(10) {
-                    warn!(rabbitmq = %target, error = %err, failures, "cannot connect to RabbitMQ; retrying");
+            Ok(connection) => return Ok(connection),
+            Err(err @ BusError::BadUrl(_)) => return Err(err),
+            Err(err) => {
+                let delay = reconnect.failed();
+                let failures = reconnect.failures();
+                if (first && failures == 1) || failures.is_multiple_of(10) {
+                    warn!(rabbitmq = %target, connection = name, error = %err, failures, "cannot connect to RabbitMQ; retrying");
+                } else {
+                    debug!(rabbitmq = %target, connection = name, error = %err, failures, "cannot connect to RabbitMQ; retrying");
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(BusError::ShutDown),
+                    () = tokio::time::sleep(delay) => {}
                 }
             }
-            Err(_) => {
-                failures += 1;
-                warn!(rabbitmq = %target, failures, "RabbitMQ did not answer within 15s; retrying");
-            }
+        }
+    }
+}
+
+/// Whether a connection and the channels it carries are still usable.
+pub(crate) fn usable(connection: &Connection, channels: &[&Channel]) -> bool {
+    connection.status().connected() && channels.iter().all(|c| c.status().connected())
+}
+
+/// Returns once `connection` (or one of `channels`) is no longer usable: an
+/// error event (the broker closed it, the socket died, a heartbeat was
+/// missed), or a status seen broken at a periodic look. Returns the reason.
+pub(crate) async fn lost(connection: &Connection, channels: &[&Channel]) -> String {
+    let mut events = connection.events_listener();
+    let mut check = tokio::time::interval(HEALTH_CHECK);
+    loop {
+        if !usable(connection, channels) {
+            return "connection or channel closed".into();
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Err(BusError::ShutDown),
-            () = tokio::time::sleep(delay) => {}
+            event = events.next() => match event {
+                Some(Event::Error(err)) => return err.to_string(),
+                Some(_) => {}
+                None => return "connection dropped".into(),
+            },
+            _ = check.tick() => {}
         }
-        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Closes a connection that is being given up, bounded in time (a blocked
+/// or dead broker must not hold its owner).
+pub(crate) async fn close(connection: &Connection, why: &str) {
+    if connection.status().connected() {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(5),
+            connection.close(200, why.to_owned().into()),
+        )
+        .await;
     }
 }
 

@@ -1,9 +1,11 @@
-//! A consumer with manual acks and a prefetch limit. Recovery errors the
-//! stream reports while lapin reconnects are waited out here; deliveries that
-//! were in flight then are redelivered by the broker (acking them on the old
-//! channel reports `false`).
+//! The consuming side: a [`Subscription`] is one connection with one consumer
+//! on `{p}.deliveries` (manual acks, a prefetch limit) and a channel for
+//! looking at the queue. It is never repaired: when its connection is lost it
+//! ends ([`Subscription::next`] returns `None`), its owner closes it (the
+//! broker then requeues whatever it had delivered on it) and opens a new one.
 
 use futures_util::StreamExt;
+use kurir_core::runtime::Reconnect;
 use lapin::{
     Acker, Channel, Connection,
     options::{
@@ -12,27 +14,20 @@ use lapin::{
     },
     types::FieldTable,
 };
-use tracing::{debug, error, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
 
-use crate::{BusError, DecodeError, Envelope};
+use crate::{BusError, DecodeError, Envelope, Topology, connection};
 
-pub struct Consumer {
-    channel: Channel,
-    inner: lapin::Consumer,
-    tag: String,
-    queue: String,
-}
-
-impl std::fmt::Debug for Consumer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Consumer").field("tag", &self.tag).finish()
-    }
-}
+/// How long a look at the queue may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// One envelope from the broker, to ack once its outcome is recorded.
 pub struct Delivery {
     pub envelope: Result<Envelope, DecodeError>,
     pub payload: Vec<u8>,
+    /// The AMQP `message_id` (the row's id, for envelopes kurir published).
+    pub message_id: Option<String>,
     pub redelivered: bool,
     acker: Acker,
 }
@@ -47,8 +42,22 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
-    /// Acks; false if the ack could not be sent (its channel was lost in a
-    /// reconnect): the broker then delivers the envelope again, which is harmless.
+    fn from_lapin(delivery: lapin::message::Delivery) -> Self {
+        Delivery {
+            envelope: Envelope::decode(&delivery.data),
+            message_id: delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string()),
+            redelivered: delivery.redelivered,
+            acker: delivery.acker,
+            payload: delivery.data,
+        }
+    }
+
+    /// Acks; false if the ack could not be sent (its connection was lost):
+    /// the broker then delivers the envelope again, which is harmless.
     pub async fn ack(&self) -> bool {
         self.settle("ack", self.acker.ack(BasicAckOptions::default()).await)
     }
@@ -74,112 +83,158 @@ impl Delivery {
             Ok(false) => {
                 debug!(
                     action = what,
-                    "delivery already settled or its channel was lost; the broker will redeliver it"
+                    "delivery already settled or its connection was lost; the broker will redeliver it"
                 );
                 false
             }
             Err(err) => {
-                warn!(action = what, error = %err, "could not settle a delivery; the broker will redeliver it");
+                debug!(action = what, error = %err, "could not settle a delivery; the broker will redeliver it");
                 false
             }
         }
     }
 }
 
-impl Consumer {
-    /// Starts consuming `queue` on a new channel with `prefetch` unacked deliveries at most.
-    pub async fn start(
-        connection: &Connection,
-        queue: &str,
-        prefetch: u16,
-        tag: &str,
-    ) -> Result<Self, BusError> {
-        let channel = connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let inner = channel
-            .basic_consume(
-                queue.into(),
-                tag.into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self {
-            channel,
-            inner,
-            tag: tag.to_owned(),
-            queue: queue.to_owned(),
-        })
-    }
+/// What a look at the consumed queue found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueState {
+    /// Envelopes waiting to be delivered to a consumer (not the unacked ones).
+    pub ready: u32,
+    /// Consumers attached, from every worker.
+    pub consumers: u32,
+}
 
-    /// The next delivery; `None` once the consumer is cancelled or its
-    /// connection cannot be recovered.
-    pub async fn next(&mut self) -> Option<Delivery> {
-        loop {
-            match self.inner.next().await? {
-                Ok(delivery) => {
-                    return Some(Delivery {
-                        envelope: Envelope::decode(&delivery.data),
-                        redelivered: delivery.redelivered,
-                        acker: delivery.acker,
-                        payload: delivery.data,
-                    });
-                }
-                Err(err) => {
-                    warn!(consumer = %self.tag, error = %err, "consumer interrupted; waiting for RabbitMQ recovery");
-                    if let Err(err) = self.channel.wait_for_recovery(err).await {
-                        error!(consumer = %self.tag, error = %err, "consumer cannot recover");
-                        return None;
-                    }
-                    debug!(consumer = %self.tag, "consumer recovered");
-                }
+/// One connection consuming `{p}.deliveries`.
+pub struct Subscription {
+    connection: Connection,
+    channel: Channel,
+    check: Channel,
+    inner: lapin::Consumer,
+    tag: String,
+    queue: String,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("tag", &self.tag)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// Connects (retrying on `reconnect`'s schedule until the broker answers
+    /// or `shutdown` fires), declares the topology (a queue deleted under us
+    /// comes back) and starts consuming with at most `prefetch` unacked
+    /// deliveries. `first`: this process has not been connected yet (its
+    /// first failure is worth a warning).
+    pub async fn open(
+        url: &str,
+        topology: &Topology,
+        prefetch: u16,
+        name: &str,
+        reconnect: &mut Reconnect,
+        first: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, BusError> {
+        let connection = connection::connect(url, name, reconnect, first, shutdown).await?;
+        let queue = topology.deliveries();
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await?;
+            channel
+                .basic_qos(prefetch, BasicQosOptions::default())
+                .await?;
+            let check = connection.create_channel().await?;
+            let inner = channel
+                .basic_consume(
+                    queue.as_str().into(),
+                    name.into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            Ok::<_, BusError>((channel, check, inner))
+        };
+        match tokio::time::timeout(CHECK_TIMEOUT, setup).await {
+            Ok(Ok((channel, check, inner))) => Ok(Self {
+                connection,
+                channel,
+                check,
+                inner,
+                tag: name.to_owned(),
+                queue,
+            }),
+            Ok(Err(err)) => {
+                connection::close(&connection, "setup failed").await;
+                Err(err)
+            }
+            Err(_) => {
+                connection::close(&connection, "setup timed out").await;
+                Err(BusError::Timeout(CHECK_TIMEOUT))
             }
         }
     }
 
-    /// Whether the queue still exists and has consumers. A queue deleted
-    /// under a consumer does not always cancel it (RabbitMQ 3.10 quorum
-    /// queues send no `basic.cancel`), leaving a consumer that will never get
-    /// another delivery; call this now and then and start again on false.
-    pub async fn still_attached(&self) -> bool {
+    /// The next delivery; `None` once the consumer is cancelled or its
+    /// connection is lost (the subscription is then finished).
+    pub async fn next(&mut self) -> Option<Delivery> {
+        match self.inner.next().await? {
+            Ok(delivery) => Some(Delivery::from_lapin(delivery)),
+            Err(err) => {
+                debug!(consumer = %self.tag, error = %err, "consumer stream failed");
+                None
+            }
+        }
+    }
+
+    /// A look at the consumed queue; `None` if it is gone or the broker does
+    /// not answer (either way this subscription should be replaced).
+    pub async fn queue_state(&self) -> Option<QueueState> {
         let options = QueueDeclareOptions {
             passive: true,
             ..QueueDeclareOptions::default()
         };
         let check =
-            self.channel
+            self.check
                 .queue_declare(self.queue.as_str().into(), options, FieldTable::default());
-        match tokio::time::timeout(std::time::Duration::from_secs(5), check).await {
-            Ok(Ok(queue)) => {
-                debug!(consumer = %self.tag, queue = %self.queue, consumers = queue.consumer_count(), messages = queue.message_count(), "queue check");
-                queue.consumer_count() > 0
-            }
+        match tokio::time::timeout(CHECK_TIMEOUT, check).await {
+            Ok(Ok(queue)) => Some(QueueState {
+                ready: queue.message_count(),
+                consumers: queue.consumer_count(),
+            }),
             Ok(Err(err)) => {
-                warn!(consumer = %self.tag, queue = %self.queue, error = %err, "consumed queue is gone");
-                false
+                warn!(consumer = %self.tag, queue = %self.queue, error = %err, "the consumed queue is gone");
+                None
             }
             Err(_) => {
                 warn!(consumer = %self.tag, queue = %self.queue, "the broker did not answer a queue check");
-                false
+                None
             }
         }
+    }
+
+    /// Why the connection is no longer usable, once it is not.
+    pub async fn lost(&self) -> String {
+        connection::lost(&self.connection, &[&self.channel]).await
     }
 
     /// Stops new deliveries; those already received can still be settled.
     pub async fn cancel(&self) {
-        if let Err(err) = self
+        let cancel = self
             .channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await
-        {
-            debug!(consumer = %self.tag, error = %err, "cancel failed (channel already gone)");
+            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
+        match tokio::time::timeout(CHECK_TIMEOUT, cancel).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                debug!(consumer = %self.tag, error = %err, "cancel failed (channel already gone)")
+            }
+            Err(_) => debug!(consumer = %self.tag, "the broker did not answer a cancel"),
         }
     }
 
-    /// Closes the channel: the broker requeues whatever is still unacked.
-    pub async fn close(&self) {
-        let _ = self.channel.close(200, "consumer closed".into()).await;
+    /// Closes the connection: the broker requeues whatever is still unacked.
+    pub async fn close(self, why: &str) {
+        connection::close(&self.connection, why).await;
     }
 }

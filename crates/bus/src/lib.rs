@@ -1,19 +1,22 @@
-//! kurir's RabbitMQ layer: the topology, a confirmed publisher, a consumer with
-//! manual acks, and the envelope that travels between them.
+//! kurir's RabbitMQ layer: the topology, a confirmed publisher, the consuming
+//! subscription, the dead-letter queue, and the envelope that travels between them.
 //!
 //! The broker carries only small envelopes (`{kind, id, account_id}`); the
 //! message itself lives in Postgres. So the broker may lose or duplicate an
 //! envelope without losing a message: the relay republishes what was never
-//! confirmed, and the worker drops duplicates. No other crate speaks AMQP.
+//! confirmed (and, after a while, what was confirmed but never consumed), and
+//! the worker drops duplicates. kurir, not lapin, owns recovery: a lost
+//! connection is replaced whole. No other crate speaks AMQP.
 
 mod connection;
 mod consumer;
+pub mod dlq;
 mod envelope;
 mod publisher;
 mod topology;
 
-pub use connection::{BusError, connect};
-pub use consumer::{Consumer, Delivery};
+pub use connection::{BusError, connect_once};
+pub use consumer::{Delivery, QueueState, Subscription};
 pub use envelope::{DecodeError, Envelope};
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;

@@ -1,27 +1,35 @@
 //! A publisher on its own connection and confirm-mode channel. Envelopes are
 //! persistent and `mandatory`; a publish counts only once the broker confirms
 //! it and did not return it as unroutable. Anything else (nack, return,
-//! timeout, a confirm lost to a reconnect) is "not published": the caller
-//! leaves the row to the relay.
+//! timeout, a confirm lost with its connection) is "not published": the
+//! caller leaves the row to the relay.
+//!
+//! The publisher owns its connection: a background task connects, notices
+//! when the connection or channel is lost, throws both away and connects
+//! again on the shared reconnect schedule.
 
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
+use kurir_core::runtime::Tasks;
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
+    types::{AMQPValue, FieldTable},
 };
-use tokio::sync::watch;
+use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{debug, warn};
 
 use crate::{
-    BusError, Envelope, Topology, connect,
+    BusError, Envelope, Topology,
+    connection::{self, reconnect_schedule},
     topology::{ROUTE_DELIVER, ROUTE_UNDECODABLE},
 };
 
-/// How long to wait for the broker's confirm before calling it lost.
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one batch of publishes (sending every envelope and awaiting every
+/// confirm) may take before the rest counts as not published.
+const BATCH_DEADLINE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum PublishError {
@@ -47,8 +55,7 @@ struct Ready {
 pub struct Publisher {
     topology: Topology,
     ready: watch::Receiver<Option<Arc<Ready>>>,
-    /// Fired once the connection is closed after shutdown.
-    closed: CancellationToken,
+    up: watch::Receiver<bool>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -60,48 +67,71 @@ impl std::fmt::Debug for Publisher {
     }
 }
 
+/// Why a dead-lettered envelope was parked, for `kurir dlq list`.
+pub const REASON_HEADER: &str = "x-kurir-reason";
+/// When it was parked (milliseconds since the epoch).
+pub const PARKED_AT_HEADER: &str = "x-kurir-parked-at";
+
 impl Publisher {
-    /// Returns at once and connects in the background (retrying until the
-    /// broker answers): publishing fails with [`PublishError::NotConnected`]
-    /// until then, so an API can accept while RabbitMQ is down.
+    /// Returns at once and connects in the background on `tasks` (retrying
+    /// until the broker answers, and again whenever the connection is lost):
+    /// publishing fails with [`PublishError::NotConnected`] meanwhile, so an
+    /// API can accept while RabbitMQ is down. The task closes the connection
+    /// and ends once `shutdown` fires.
     pub fn start(
         url: String,
         topology: Topology,
         name: String,
+        tasks: &Tasks,
         shutdown: CancellationToken,
     ) -> Self {
         let (sender, ready) = watch::channel(None);
-        let closed = CancellationToken::new();
+        let (up_sender, up) = watch::channel(false);
         let publisher = Self {
             topology: topology.clone(),
             ready,
-            closed: closed.clone(),
+            up,
         };
-        tokio::spawn(async move {
-            // Whichever way this task ends, `closed()` returns after it.
-            let _closed = closed.drop_guard();
-            let mut delay = Duration::from_millis(200);
+        tasks.spawn(async move {
+            let mut reconnect = reconnect_schedule();
+            let mut first = true;
             loop {
-                match Self::open(&url, &topology, &name, &shutdown).await {
-                    Ok(ready) => {
-                        let _ = sender.send(Some(Arc::new(ready)));
-                        break;
-                    }
+                let opened = Self::open(&url, &topology, &name, &mut reconnect, first, &shutdown);
+                let ready = match opened.await {
+                    Ok(ready) => Arc::new(ready),
                     Err(BusError::ShutDown) => return,
                     Err(err) => {
-                        error!(error = %err, "cannot set up the RabbitMQ publisher; retrying");
-                        tokio::select! {
-                            () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(delay) => {}
+                        if first || reconnect.worth_saying() {
+                            warn!(connection = %name, error = %err, "cannot set up the RabbitMQ publisher; retrying");
                         }
-                        delay = (delay * 2).min(Duration::from_secs(10));
+                        if !reconnect.pause(&shutdown).await {
+                            return;
+                        }
+                        continue;
+                    }
+                };
+                reconnect.succeeded();
+                first = false;
+                debug!(connection = %name, "publisher connected");
+                let _ = sender.send(Some(ready.clone()));
+                let _ = up_sender.send(true);
+                let channels = [&ready.channel];
+                let lost = tokio::select! {
+                    () = shutdown.cancelled() => None,
+                    why = connection::lost(&ready.connection, &channels) => Some(why),
+                };
+                let _ = sender.send(None);
+                let _ = up_sender.send(false);
+                match lost {
+                    None => {
+                        connection::close(&ready.connection, "shutting down").await;
+                        return;
+                    }
+                    Some(why) => {
+                        debug!(connection = %name, reason = %why, "publisher lost its connection");
+                        connection::close(&ready.connection, "reconnecting").await;
                     }
                 }
-            }
-            shutdown.cancelled().await;
-            let ready = sender.borrow().clone();
-            if let Some(ready) = ready {
-                let _ = ready.connection.close(200, "shutting down".into()).await;
             }
         });
         publisher
@@ -111,24 +141,39 @@ impl Publisher {
         url: &str,
         topology: &Topology,
         name: &str,
+        reconnect: &mut kurir_core::runtime::Reconnect,
+        first: bool,
         shutdown: &CancellationToken,
     ) -> Result<Ready, BusError> {
-        let connection = connect(url, name, shutdown).await?;
-        let channel = connection.create_channel().await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        topology.declare(&channel).await?;
-        Ok(Ready {
-            connection,
-            channel,
-        })
+        let connection = connection::connect(url, name, reconnect, first, shutdown).await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            channel
+                .confirm_select(ConfirmSelectOptions::default())
+                .await?;
+            topology.declare(&channel).await?;
+            Ok::<_, BusError>(channel)
+        };
+        match tokio::time::timeout(BATCH_DEADLINE, setup).await {
+            Ok(Ok(channel)) => Ok(Ready {
+                connection,
+                channel,
+            }),
+            Ok(Err(err)) => {
+                connection::close(&connection, "setup failed").await;
+                Err(err)
+            }
+            Err(_) => {
+                connection::close(&connection, "setup timed out").await;
+                Err(BusError::Timeout(BATCH_DEADLINE))
+            }
+        }
     }
 
-    /// Waits until the connection is closed (after shutdown fired), so a
-    /// process exits without leaving a half-closed connection behind.
-    pub async fn closed(&self) {
-        self.closed.cancelled().await;
+    /// A watch that is true while the publisher is connected (for whoever
+    /// reports the broker's state).
+    pub fn connected(&self) -> watch::Receiver<bool> {
+        self.up.clone()
     }
 
     /// Waits until the publisher is set up (tests and start-up ordering).
@@ -143,8 +188,8 @@ impl Publisher {
     /// blocks publishers: lapin then holds every publish until it clears).
     pub fn is_connected(&self) -> bool {
         self.ready.borrow().as_ref().is_some_and(|ready| {
-            let connection = ready.connection.status();
-            connection.connected() && !connection.blocked() && ready.channel.status().connected()
+            connection::usable(&ready.connection, &[&ready.channel])
+                && !ready.connection.status().blocked()
         })
     }
 
@@ -167,31 +212,23 @@ impl Publisher {
         exchange: &str,
         route: &str,
         payload: &[u8],
-        id: Option<String>,
+        properties: BasicProperties,
     ) -> Result<PublisherConfirm, PublishError> {
-        let mut properties = BasicProperties::default()
+        let properties = properties
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
-        if let Some(id) = id {
-            properties = properties.with_message_id(id.into());
-        }
         let options = BasicPublishOptions {
             mandatory: true,
             ..BasicPublishOptions::default()
         };
-        // lapin waits for the frame to be written; a blocked connection would
-        // hold it for as long as the broker's alarm lasts.
-        let publish =
-            channel.basic_publish(exchange.into(), route.into(), options, payload, properties);
-        match tokio::time::timeout(CONFIRM_TIMEOUT, publish).await {
-            Ok(sent) => Ok(sent?),
-            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
-        }
+        Ok(channel
+            .basic_publish(exchange.into(), route.into(), options, payload, properties)
+            .await?)
     }
 
-    async fn confirmed(confirm: PublisherConfirm) -> Result<(), PublishError> {
-        match tokio::time::timeout(CONFIRM_TIMEOUT, confirm).await {
-            Err(_) => Err(PublishError::Timeout(CONFIRM_TIMEOUT)),
+    async fn confirmed(confirm: PublisherConfirm, deadline: Instant) -> Result<(), PublishError> {
+        match tokio::time::timeout_at(deadline, confirm).await {
+            Err(_) => Err(PublishError::Timeout(BATCH_DEADLINE)),
             Ok(Err(err)) => Err(err.into()),
             Ok(Ok(Confirmation::Ack(None))) => Ok(()),
             Ok(Ok(Confirmation::Ack(Some(_)))) => Err(PublishError::Unroutable),
@@ -212,26 +249,43 @@ impl Publisher {
     }
 
     /// Publishes several envelopes pipelined (all sent, then all confirms
-    /// awaited together). One result per envelope, in order.
+    /// awaited together), within one deadline for the whole batch: whatever
+    /// is not confirmed by then, or not even sent because the channel failed,
+    /// counts as not published. One result per envelope, in order.
     pub async fn publish_all(&self, envelopes: &[Envelope]) -> Vec<Result<(), PublishError>> {
         let channel = match self.channel() {
             Ok(channel) => channel,
             Err(err) => return envelopes.iter().map(|_| Err(err.clone())).collect(),
         };
+        let deadline = Instant::now() + BATCH_DEADLINE;
         let exchange = self.topology.exchange();
-        let mut pending = Vec::with_capacity(envelopes.len());
+        let mut sent = Vec::with_capacity(envelopes.len());
+        // Once one send fails (the channel is gone) or the deadline passes,
+        // the rest are not even tried.
+        let mut stopped: Option<PublishError> = None;
         for envelope in envelopes {
-            let sent = Self::send(
-                &channel,
-                &exchange,
-                ROUTE_DELIVER,
-                &envelope.encode(),
-                Some(envelope.id.to_string()),
-            )
-            .await;
-            pending.push(async move { Self::confirmed(sent?).await });
+            let result = match &stopped {
+                Some(err) => Err(err.clone()),
+                None => {
+                    let properties =
+                        BasicProperties::default().with_message_id(envelope.id.to_string().into());
+                    let payload = envelope.encode();
+                    let send = Self::send(&channel, &exchange, ROUTE_DELIVER, &payload, properties);
+                    match tokio::time::timeout_at(deadline, send).await {
+                        Ok(result) => result,
+                        Err(_) => Err(PublishError::Timeout(BATCH_DEADLINE)),
+                    }
+                }
+            };
+            if let Err(err) = &result {
+                stopped.get_or_insert_with(|| err.clone());
+            }
+            sent.push(result);
         }
-        let results = join_all(pending).await;
+        let confirms = sent
+            .into_iter()
+            .map(|sent| async move { Self::confirmed(sent?, deadline).await });
+        let results = join_all(confirms).await;
         if results
             .iter()
             .any(|r| matches!(r, Err(PublishError::Unroutable)))
@@ -239,7 +293,7 @@ impl Publisher {
             // Someone deleted a queue or binding: put the topology back.
             warn!("a publish was unroutable; declaring the topology again");
             if let Ok(Err(err)) =
-                tokio::time::timeout(CONFIRM_TIMEOUT, self.topology.declare(&channel)).await
+                tokio::time::timeout(BATCH_DEADLINE, self.topology.declare(&channel)).await
             {
                 warn!(error = %err, "could not declare the topology");
             }
@@ -247,17 +301,42 @@ impl Publisher {
         results
     }
 
-    /// Parks a payload no worker can read in `{p}.dead`, for a person to look at.
-    pub async fn park_undecodable(&self, payload: &[u8]) -> Result<(), PublishError> {
+    /// Parks a payload in `{p}.dead` for a person to look at, with the reason
+    /// and the time (shown by `kurir dlq list`). `message_id` is the original
+    /// envelope's, if it had one.
+    pub async fn park(
+        &self,
+        payload: &[u8],
+        message_id: Option<&str>,
+        reason: &str,
+    ) -> Result<(), PublishError> {
         let channel = self.channel()?;
-        let sent = Self::send(
-            &channel,
-            &self.topology.dead_letter_exchange(),
-            ROUTE_UNDECODABLE,
-            payload,
-            None,
-        )
-        .await?;
-        Self::confirmed(sent).await
+        let deadline = Instant::now() + BATCH_DEADLINE;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            REASON_HEADER.into(),
+            AMQPValue::LongString(reason.to_owned().into()),
+        );
+        let now_ms = epoch_millis();
+        headers.insert(PARKED_AT_HEADER.into(), AMQPValue::LongLongInt(now_ms));
+        let id = message_id
+            .map(str::to_owned)
+            .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+        let properties = BasicProperties::default()
+            .with_message_id(id.into())
+            .with_headers(headers);
+        let exchange = self.topology.dead_letter_exchange();
+        let send = Self::send(&channel, &exchange, ROUTE_UNDECODABLE, payload, properties);
+        match tokio::time::timeout_at(deadline, send).await {
+            Ok(sent) => Self::confirmed(sent?, deadline).await,
+            Err(_) => Err(PublishError::Timeout(BATCH_DEADLINE)),
+        }
     }
+}
+
+fn epoch_millis() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

@@ -3,13 +3,14 @@
 //! ```text
 //! {p}            direct ──"deliver"──▶ {p}.deliveries  quorum, x-delivery-limit,
 //!                                                       dead-letters to {p}.dlx
-//! {p}.dlx        direct ──"deliver"──▶ {p}.redeliver   envelopes the broker gave up on
-//!                       ──"undecodable"─▶ {p}.dead      for a person to look at
+//! {p}.dlx        direct ──"deliver"──────▶ {p}.dead    envelopes the broker gave up on,
+//!                       ──"undecodable"──▶ {p}.dead    and those no worker could read
 //! ```
-//! Workers consume `{p}.deliveries`, and `{p}.redeliver` to hand envelopes
-//! that hit the delivery limit back to the relay, so even those are not lost.
-//! Only plain AMQP 0-9-1 and quorum-queue arguments that RabbitMQ 3.10 and 4.x
-//! both accept are used.
+//! Workers consume `{p}.deliveries`. `{p}.dead` is for operators
+//! (`kurir dlq list|replay`); nothing is lost while an envelope sits there,
+//! since its row is still `queued` in Postgres and the relay's guard
+//! publishes it again after `KURIR_REPUBLISH_AFTER`. Only plain AMQP 0-9-1
+//! and quorum-queue arguments that RabbitMQ 3.10 and 4.x both accept are used.
 
 use lapin::{
     Channel, ExchangeKind,
@@ -21,7 +22,7 @@ use lapin::{
 };
 
 /// After this many deliveries of one envelope (each ended by a worker dying
-/// before its ack) the broker dead-letters it to `{p}.redeliver`.
+/// or a connection closing before its ack) the broker dead-letters it to `{p}.dead`.
 pub const DELIVERY_LIMIT: i64 = 20;
 
 pub const ROUTE_DELIVER: &str = "deliver";
@@ -49,10 +50,6 @@ impl Topology {
 
     pub fn deliveries(&self) -> String {
         format!("{}.deliveries", self.prefix)
-    }
-
-    pub fn redeliver(&self) -> String {
-        format!("{}.redeliver", self.prefix)
     }
 
     pub fn dead(&self) -> String {
@@ -87,8 +84,7 @@ impl Topology {
         args
     }
 
-    /// Declares everything (idempotent). lapin replays these declarations
-    /// itself after a reconnect.
+    /// Declares everything (idempotent); each new connection does it again.
     pub async fn declare(&self, channel: &Channel) -> lapin::Result<()> {
         let durable = ExchangeDeclareOptions {
             durable: true,
@@ -122,7 +118,7 @@ impl Topology {
                 Some(self.dead_letter_exchange()),
             ),
             (
-                self.redeliver(),
+                self.dead(),
                 self.dead_letter_exchange(),
                 ROUTE_DELIVER,
                 None,
@@ -153,7 +149,7 @@ impl Topology {
 
     /// Deletes everything (tests clean up after themselves with this).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in [self.deliveries(), self.redeliver(), self.dead()] {
+        for queue in [self.deliveries(), self.dead()] {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;

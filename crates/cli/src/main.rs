@@ -2,6 +2,8 @@
 //! environment), sets up logging and signals, and calls into the crates that
 //! do the work. Nothing else lives here.
 
+mod dlq;
+
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
@@ -51,6 +53,15 @@ enum Command {
         command: KeysCommand,
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Show and re-drive dead-lettered envelopes (`{prefix}.dead`).
+    Dlq {
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        bus: BusArgs,
     },
 }
 
@@ -261,6 +272,16 @@ async fn run(command: Command) -> Result<(), Failure> {
             served.map_err(Failure::Runtime)
         }
         Command::Keys { command, database } => keys(command, &database).await,
+        Command::Dlq {
+            command,
+            database,
+            bus,
+        } => dlq::run(command, &database, &bus)
+            .await
+            .map_err(|err| match err {
+                dlq::Error::Usage(message) => Failure::Config(message),
+                dlq::Error::Failed(message) => Failure::Runtime(message),
+            }),
     }
 }
 
@@ -301,7 +322,7 @@ fn start_worker(
         consuming: Some(worker.consuming()),
     };
     let shutdown = shutdown.clone();
-    tokio::spawn(async move {
+    worker.tasks().spawn(async move {
         if let Err(err) = kurir_api::ops::serve(addr, probe, shutdown).await {
             error!(%addr, error = %err, "cannot serve the worker's health endpoints (KURIR_WORKER_METRICS_ADDR)");
         }

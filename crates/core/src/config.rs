@@ -273,6 +273,13 @@ pub struct WorkerArgs {
     #[arg(long, env = "KURIR_RELAY_BATCH", default_value_t = 500,
           value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub relay_batch: u32,
+
+    /// The guard for published rows: a row still `queued` this long after
+    /// its envelope was published (the broker lost the copy, or a consumer
+    /// nobody reads holds it) is published again. Too short only costs
+    /// duplicate envelopes, which workers drop.
+    #[arg(long, env = "KURIR_REPUBLISH_AFTER", default_value = "5m", value_parser = positive_duration)]
+    pub republish_after: Duration,
 }
 
 impl WorkerArgs {
@@ -304,6 +311,7 @@ mod tests {
         assert_eq!(retry.retry_initial, Duration::from_secs(1));
         assert_eq!(retry.retry_max_interval, Duration::from_secs(600));
         assert_eq!(retry.retry_max_age, Duration::from_secs(24 * 3600));
+        assert_eq!(worker.republish_after, Duration::from_secs(300));
         let database: DatabaseArgs = defaults();
         assert!(worker.check(&provider, &database).is_ok());
     }

@@ -4,10 +4,12 @@
 //! This crate owns the rules ("a phone number is E.164", "a message status only
 //! moves forward"). It does no I/O: no SQL, no AMQP, no HTTP. Once a value has
 //! one of these types it is valid, so nothing downstream re-checks it.
+//! [`runtime`] holds the task and reconnect habits every process shares.
 
 pub mod apikey;
 pub mod config;
 pub mod ids;
+pub mod runtime;
 pub mod status;
 pub mod validate;
 

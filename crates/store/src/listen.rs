@@ -6,6 +6,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::{StreamExt, stream};
+use kurir_core::runtime::Reconnect;
 use tokio::sync::Notify;
 use tokio_postgres::{AsyncMessage, NoTls};
 use tokio_util::sync::CancellationToken;
@@ -20,18 +21,16 @@ pub async fn run(
     wake: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(200);
+    let mut reconnect = Reconnect::new(Duration::from_millis(200), Duration::from_secs(10));
     while !shutdown.is_cancelled() {
-        match listen_once(&config, channel, &wake, &shutdown).await {
-            Ok(()) => backoff = Duration::from_millis(200),
+        match listen_once(&config, channel, &wake, &mut reconnect, &shutdown).await {
+            Ok(()) => {}
             Err(err) => {
                 debug!(error = %err, "relay listener lost its connection; reconnecting");
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(backoff) => {}
+        if !reconnect.pause(&shutdown).await {
+            break;
         }
     }
 }
@@ -40,6 +39,7 @@ async fn listen_once(
     config: &tokio_postgres::Config,
     channel: &str,
     wake: &Notify,
+    reconnect: &mut Reconnect,
     shutdown: &CancellationToken,
 ) -> Result<(), tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
@@ -58,6 +58,7 @@ async fn listen_once(
             },
         }
     }
+    reconnect.succeeded();
     wake.notify_one();
     loop {
         tokio::select! {

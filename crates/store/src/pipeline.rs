@@ -2,7 +2,9 @@
 //! status updates have the same pipeline columns; see the first migration).
 //!
 //! - publishing: [`claim_for_publish`] (the relay), [`mark_published`],
-//!   [`release_publish`], [`unpublish`];
+//!   [`release_publish`]; the guard [`claim_stale_published`] publishes again
+//!   what stayed `queued` long after it was published; [`replay`] re-drives
+//!   a row an operator took from the dead-letter queue;
 //! - delivering: [`claim_message`] / [`claim_status_update`] (queued → sending,
 //!   attempts + 1, with a lease), then [`record`] (the outcome and the
 //!   attempt, in one statement); [`requeue_expired`] gives back rows whose
@@ -83,8 +85,9 @@ fn split(rows: &[Publishable]) -> (Vec<Uuid>, Vec<i32>) {
     rows.iter().map(|row| (row.id, row.attempts)).unzip()
 }
 
-/// Marks rows the broker confirmed. Rows that moved on meanwhile (a worker
-/// already claimed them) are left alone. `rows` must all be of `kind`.
+/// Marks rows the broker confirmed, and when (the guard's clock). Rows that
+/// moved on meanwhile (a worker already claimed them) are left alone. `rows`
+/// must all be of `kind`.
 pub async fn mark_published(
     client: &impl GenericClient,
     kind: JobKind,
@@ -95,7 +98,7 @@ pub async fn mark_published(
     }
     let t = table(kind);
     let sql = format!(
-        "UPDATE {t} AS t SET published = true, publish_lease_until = NULL
+        "UPDATE {t} AS t SET published = true, published_at = now(), publish_lease_until = NULL
          FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
          WHERE t.id = p.id AND t.attempts = p.attempts AND t.state = 'queued'"
     );
@@ -121,8 +124,7 @@ pub async fn release_publish(
     let sql = format!(
         "UPDATE {t} AS t SET publish_lease_until = NULL
          FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
-         WHERE t.id = p.id AND t.attempts = p.attempts
-           AND t.state = 'queued' AND NOT t.published"
+         WHERE t.id = p.id AND t.attempts = p.attempts AND t.state = 'queued'"
     );
     let statement = client.prepare_cached(&sql).await?;
     let (ids, attempts) = split(rows);
@@ -142,16 +144,83 @@ pub async fn notify_relays(client: &impl GenericClient) -> Result<()> {
     Ok(())
 }
 
-/// The broker lost its copy (dead-lettered after too many deliveries): mark
-/// the row unpublished so the relay publishes it again.
-pub async fn unpublish(client: &impl GenericClient, kind: JobKind, id: Uuid) -> Result<bool> {
+/// The guard: claims up to `limit` rows that are still `queued` although
+/// their envelope was confirmed more than `older_than` ago, for `lease`, to
+/// publish them again. A consumer holding the old copy, if any, finds the row
+/// claimed already and drops it.
+#[instrument(skip(client))]
+pub async fn claim_stale_published(
+    client: &impl GenericClient,
+    kind: JobKind,
+    limit: i64,
+    lease: Duration,
+    older_than: Duration,
+) -> Result<Vec<Publishable>> {
     let t = table(kind);
     let sql = format!(
-        "UPDATE {t} SET published = false, publish_lease_until = NULL
-         WHERE id = $1 AND state = 'queued' AND published"
+        "UPDATE {t} SET publish_lease_until = now() + make_interval(secs => $2)
+         WHERE id IN (
+             SELECT id FROM {t}
+             WHERE state = 'queued' AND published
+               AND published_at < now() - make_interval(secs => $3)
+               AND (publish_lease_until IS NULL OR publish_lease_until < now())
+             ORDER BY published_at
+             LIMIT $1
+             FOR UPDATE SKIP LOCKED)
+         RETURNING id, account_id, attempts"
     );
     let statement = client.prepare_cached(&sql).await?;
-    Ok(client.execute(&statement, &[&id]).await? == 1)
+    let rows = client
+        .query(&statement, &[&limit, &secs(lease), &secs(older_than)])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|row| Publishable {
+            kind,
+            id: row.get(0),
+            account: AccountId(row.get(1)),
+            attempts: row.get(2),
+        })
+        .collect())
+}
+
+/// What [`replay`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replayed {
+    /// Queued again for the relay, which publishes it at once (or when its
+    /// retry is due).
+    Queued,
+    /// A worker is delivering it right now.
+    InDelivery,
+    /// It reached a final state already; nothing to do.
+    Final,
+    /// No such row.
+    Missing,
+}
+
+/// An operator re-drives a dead-lettered envelope: its row, if still queued,
+/// is marked unpublished so the relay publishes it again (the claim drops any
+/// other copy, so replaying twice sends nothing twice).
+pub async fn replay(client: &impl GenericClient, kind: JobKind, id: Uuid) -> Result<Replayed> {
+    let t = table(kind);
+    let sql = format!(
+        "WITH found AS (SELECT state FROM {t} WHERE id = $1),
+              queued AS (UPDATE {t} SET published = false, publish_lease_until = NULL
+                         WHERE id = $1 AND state = 'queued' RETURNING 1)
+         SELECT (SELECT state FROM found)"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let row = client.query_one(&statement, &[&id]).await?;
+    let replayed = match row.get::<_, Option<&str>>(0) {
+        None => Replayed::Missing,
+        Some("queued") => Replayed::Queued,
+        Some("sending") => Replayed::InDelivery,
+        Some(_) => Replayed::Final,
+    };
+    if replayed == Replayed::Queued {
+        notify_relays(client).await?;
+    }
+    Ok(replayed)
 }
 
 /// Puts rows whose delivery lease expired (their worker died) back in the
@@ -273,16 +342,27 @@ pub enum Resolution {
     Failed { error: LastError },
 }
 
+/// What [`record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// The row took the outcome and the attempt was recorded.
+    Applied,
+    /// This very attempt was recorded before: a repeat of a record whose
+    /// reply was lost. Nothing changed, nothing is wrong.
+    AlreadyRecorded,
+    /// The row moved on meanwhile (its lease expired and another worker
+    /// claimed it): the attempt is kept as history only.
+    Superseded,
+}
+
 /// Records one attempt and what it decided, in one statement (so one round
 /// trip, and atomic): the row's new state, and the `delivery_attempts` entry.
-/// Returns false if the row moved on meanwhile (its lease expired and another
-/// worker took it): then only the attempt is recorded.
 #[instrument(skip(client, resolution, attempt), fields(attempt = attempt.attempt))]
 pub async fn record(
     client: &impl GenericClient,
     resolution: &Resolution,
     attempt: &Attempt,
-) -> Result<bool> {
+) -> Result<Recorded> {
     let t = table(attempt.kind);
     // $1 id, $2 attempt number, $3..$11 the attempt record, $12.. the resolution's own.
     //
@@ -348,8 +428,9 @@ pub async fn record(
                   error_code, error_detail, latency_ms, started_at)
              VALUES ($3, $1, $4, $2, $5, $6, $7, $8, $9, $10, $11)
              -- the same record sent again after a lost reply
-             ON CONFLICT (subject_id, attempt) DO NOTHING)
-         SELECT count(*) FROM done"
+             ON CONFLICT (subject_id, attempt) DO NOTHING
+             RETURNING 1)
+         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM recorded)"
     );
     let statement = client.prepare_cached(&sql).await?;
     let kind = attempt.kind.as_str();
@@ -375,7 +456,11 @@ pub async fn record(
             .map(|value| value.as_ref() as &(dyn ToSql + Sync)),
     );
     let row = client.query_one(&statement, &params).await?;
-    Ok(row.get::<_, i64>(0) == 1)
+    Ok(match (row.get::<_, i64>(0), row.get::<_, i64>(1)) {
+        (1, _) => Recorded::Applied,
+        (_, 0) => Recorded::AlreadyRecorded,
+        _ => Recorded::Superseded,
+    })
 }
 
 /// Text from a provider, made storable: Postgres refuses NUL in text and jsonb.
@@ -392,7 +477,8 @@ fn error_json(error: &LastError) -> Result<serde_json::Value> {
     serde_json::to_value(clean).map_err(corrupt)
 }
 
-/// Gives a claimed row back (the worker is shutting down before delivering it).
+/// Gives a claimed row back (the worker's shutdown grace ended before the
+/// provider answered), so another worker takes it now rather than after the lease.
 pub async fn release_claim(
     client: &impl GenericClient,
     kind: JobKind,

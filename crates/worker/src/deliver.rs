@@ -3,8 +3,10 @@
 //! - undecodable envelope: parked in `{p}.dead`;
 //! - row not claimable: a duplicate envelope; ack and drop;
 //! - Postgres unavailable: wait and try again (the envelope stays unacked, the
-//!   row stays leased); on shutdown, hand the envelope back (before the claim)
-//!   or leave the row to its lease (after);
+//!   row stays leased), until the shutdown grace ends (`cut_off`): then the
+//!   envelope goes back (before the claim) or the row waits for its lease (after);
+//! - the grace ends while the provider has not answered: the delivery gives
+//!   its row back itself, so another worker takes it at once;
 //! - any other database error: not retried in a loop; the envelope goes back
 //!   (before the claim) or the row is retried after its lease (after);
 //! - the worker dies anywhere: the broker redelivers the envelope and the
@@ -14,11 +16,11 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use kurir_bus::{Delivery, Envelope, Publisher};
-use kurir_core::{JobKind, LastError, MessageId, StatusUpdateId};
+use kurir_core::{JobKind, LastError, MessageId, StatusUpdateId, runtime::Reconnect};
 use kurir_store::PgPool as Pool;
 use kurir_store::{
     StoreError,
-    pipeline::{self, Attempt, AttemptOutcome, Resolution},
+    pipeline::{self, Attempt, AttemptOutcome, Recorded, Resolution},
     timed,
 };
 use tokio_util::sync::CancellationToken;
@@ -38,9 +40,6 @@ pub struct Deliverer {
     pub lease: Duration,
     pub db_timeout: Duration,
     pub provider_timeout: Duration,
-    pub shutdown: CancellationToken,
-    /// Rows claimed and not yet recorded: (kind, attempt) by id.
-    pub held: std::sync::Mutex<std::collections::HashMap<uuid::Uuid, (JobKind, i32)>>,
 }
 
 /// A claimed row, ready for the provider.
@@ -66,18 +65,28 @@ impl Claimed {
 }
 
 impl Deliverer {
-    pub async fn handle(&self, delivery: Delivery) {
+    /// Handles one envelope to its end. `cut_off` fires when the worker's
+    /// shutdown grace is over: whatever has not reached the provider's answer
+    /// by then gives its row back.
+    pub async fn handle(&self, delivery: Delivery, cut_off: &CancellationToken) {
         let envelope = match &delivery.envelope {
             Ok(envelope) => *envelope,
             Err(err) => return self.park(&delivery, err).await,
         };
         let span = info_span!("deliver", kind = %envelope.kind, id = %envelope.id, account_id = %envelope.account_id);
-        self.deliver(&delivery, envelope).instrument(span).await;
+        self.deliver(&delivery, envelope, cut_off)
+            .instrument(span)
+            .await;
     }
 
     async fn park(&self, delivery: &Delivery, err: &kurir_bus::DecodeError) {
         warn!(error = %err, bytes = delivery.payload.len(), "undecodable envelope; parking it in the dead-letter queue");
-        match self.publisher.park_undecodable(&delivery.payload).await {
+        let reason = format!("undecodable: {}", err.0);
+        let parked = self
+            .publisher
+            .park(&delivery.payload, delivery.message_id.as_deref(), &reason)
+            .await;
+        match parked {
             Ok(()) => {
                 delivery.ack().await;
             }
@@ -89,10 +98,13 @@ impl Deliverer {
         }
     }
 
-    async fn deliver(&self, delivery: &Delivery, envelope: Envelope) {
-        let claimed = match self.persist("claim", || self.claim(envelope)).await {
+    async fn deliver(&self, delivery: &Delivery, envelope: Envelope, cut_off: &CancellationToken) {
+        let claimed = match self
+            .persist("claim", cut_off, || self.claim(envelope))
+            .await
+        {
             Persisted::Done(claimed) => claimed,
-            Persisted::ShuttingDown => {
+            Persisted::CutOff => {
                 // Someone else will take it.
                 delivery.requeue().await;
                 return;
@@ -114,7 +126,6 @@ impl Deliverer {
             return;
         };
         let attempt = claimed.attempt();
-        self.hold(envelope, attempt);
         let started_at = Utc::now();
         let started = tokio::time::Instant::now();
         let outcome = if self.retry.expired(claimed.created_at(), started_at) {
@@ -126,7 +137,10 @@ impl Deliverer {
                 ),
             }
         } else {
-            self.call_provider(&claimed).await
+            tokio::select! {
+                outcome = self.call_provider(&claimed) => outcome,
+                () = cut_off.cancelled() => return self.release(envelope, attempt).await,
+            }
         };
         let latency = started.elapsed();
         let resolution = self
@@ -151,15 +165,18 @@ impl Deliverer {
             started_at,
         };
         let recorded = self
-            .persist("record", || self.record(&resolution, &record))
+            .persist("record", cut_off, || self.record(&resolution, &record))
             .await;
         match recorded {
-            Persisted::Done(true) => {}
-            Persisted::Done(false) => warn!(
+            Persisted::Done(Recorded::Applied) => {}
+            Persisted::Done(Recorded::AlreadyRecorded) => {
+                debug!(attempt, "outcome was recorded already (a lost reply)");
+            }
+            Persisted::Done(Recorded::Superseded) => warn!(
                 attempt,
                 "row moved on while we delivered (lease expired and it was claimed again); outcome recorded as an attempt only"
             ),
-            Persisted::ShuttingDown => {
+            Persisted::CutOff => {
                 // Postgres is away and we are stopping: the row stays leased
                 // and is delivered again after the lease.
                 warn!(
@@ -171,40 +188,24 @@ impl Deliverer {
                 error!(error = ?err, attempt, "cannot record the outcome; the row will be retried after its lease");
             }
         }
-        self.release_hold(envelope.id);
         // The envelope's job is done either way: the row holds the truth, and
         // a row left leased gets a fresh envelope from the relay.
         delivery.ack().await;
     }
 
-    fn hold(&self, envelope: Envelope, attempt: i32) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.insert(envelope.id, (envelope.kind, attempt));
-    }
-
-    fn release_hold(&self, id: uuid::Uuid) {
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        held.remove(&id);
-    }
-
-    /// After the shutdown grace: gives back the rows of deliveries that were
-    /// cut off, so another worker takes them now rather than after the lease.
-    pub async fn release_held(&self) {
-        let held: Vec<_> = {
-            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-            held.drain().collect()
-        };
-        for (id, (kind, attempt)) in held {
-            let released = timed(self.db_timeout, async {
-                let client = self.pool.get().await?;
-                pipeline::release_claim(&client, kind, id, attempt).await
-            })
-            .await;
-            match released {
-                Ok(_) => info!(%kind, %id, attempt, "released a delivery cut off by shutdown"),
-                Err(err) => {
-                    warn!(%kind, %id, error = %err, "could not release a delivery; its lease will expire")
-                }
+    /// The shutdown grace ended before the provider answered: give the row
+    /// back, so another worker takes it now rather than after the lease. The
+    /// envelope stays unacked; the broker requeues it when the connection closes.
+    async fn release(&self, envelope: Envelope, attempt: i32) {
+        let released = timed(self.db_timeout, async {
+            let client = self.pool.get().await?;
+            pipeline::release_claim(&client, envelope.kind, envelope.id, attempt).await
+        })
+        .await;
+        match released {
+            Ok(_) => info!(attempt, "released a delivery cut off by shutdown"),
+            Err(err) => {
+                warn!(attempt, error = %err, "could not release a delivery; its lease will expire")
             }
         }
     }
@@ -223,7 +224,11 @@ impl Deliverer {
         })
     }
 
-    async fn record(&self, resolution: &Resolution, record: &Attempt) -> Result<bool, StoreError> {
+    async fn record(
+        &self,
+        resolution: &Resolution,
+        record: &Attempt,
+    ) -> Result<Recorded, StoreError> {
         let client = self.pool.get().await?;
         pipeline::record(&client, resolution, record).await
     }
@@ -269,43 +274,49 @@ impl Deliverer {
     }
 
     /// Runs a database step, waiting out an unavailable Postgres (only that:
-    /// any other error is returned at once rather than retried forever).
-    async fn persist<T, F, Fut>(&self, what: &str, mut step: F) -> Persisted<T>
+    /// any other error is returned at once rather than retried forever)
+    /// until `cut_off`; the step is always tried at least once.
+    async fn persist<T, F, Fut>(
+        &self,
+        what: &str,
+        cut_off: &CancellationToken,
+        mut step: F,
+    ) -> Persisted<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, StoreError>>,
     {
-        let mut delay = Duration::from_millis(100);
-        let mut failures = 0u32;
+        // Short steps: once Postgres is back, record before a lease runs out.
+        let mut reconnect = Reconnect::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             match timed(self.db_timeout, step()).await {
                 Ok(value) => {
+                    let failures = reconnect.succeeded();
                     if failures > 0 {
                         info!(step = what, failures, "postgres is back");
                     }
                     return Persisted::Done(value);
                 }
                 Err(err) if err.is_unavailable() => {
-                    failures += 1;
-                    if failures == 1 || failures.is_multiple_of(20) {
+                    let delay = reconnect.failed();
+                    if reconnect.failures() == 1 || reconnect.failures().is_multiple_of(20) {
                         warn!(step = what, error = %err, "postgres unavailable; waiting");
+                    }
+                    tokio::select! {
+                        () = cut_off.cancelled() => return Persisted::CutOff,
+                        () = tokio::time::sleep(delay) => {}
                     }
                 }
                 Err(err) => return Persisted::Failed(err),
             }
-            tokio::select! {
-                () = self.shutdown.cancelled() => return Persisted::ShuttingDown,
-                () = tokio::time::sleep(delay) => {}
-            }
-            // Short steps: once Postgres is back, record before a lease runs out.
-            delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
 }
 
 enum Persisted<T> {
     Done(T),
-    ShuttingDown,
+    /// The shutdown grace ended while Postgres was away.
+    CutOff,
     Failed(StoreError),
 }
 

@@ -1,33 +1,31 @@
-//! kurir's worker: the relay (outbox sweeper and retry scheduler), and the
-//! consume → claim → deliver → record → ack loop, with its providers.
+//! kurir's worker: the relay (outbox sweeper, retry scheduler and the guard
+//! for published rows), and the consume → claim → deliver → record → ack
+//! loop, with its providers.
 //!
 //! Retries wait in Postgres (`due_at`), never in a sleeping task: they survive
 //! restarts, show in polling, and cost no worker slot. Run as many workers as
 //! you like; they share the work through the queue and `SKIP LOCKED`.
+//!
+//! Every task of a worker is owned by its [`Tasks`]; the consuming loop owns
+//! its RabbitMQ subscription and replaces it whole when it is lost.
 
 pub mod deliver;
 pub mod provider;
 pub mod relay;
 pub mod retry;
 
-use std::{
-    future::Future,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+use std::{sync::Arc, time::Duration};
 
-use kurir_bus::{Consumer, Publisher, Topology};
-use kurir_core::config::{
-    BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs,
+use kurir_bus::{BusError, Publisher, QueueState, Subscription, Topology};
+use kurir_core::{
+    config::{BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs},
+    runtime::{Reconnect, Tasks},
 };
 use kurir_store::PgPool as Pool;
-use kurir_store::{listen, pipeline, timed};
-use tokio::{sync::Semaphore, task::JoinSet};
-use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use kurir_store::{listen, pipeline};
+use tokio::{sync::Semaphore, sync::watch, time::Instant};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, info, warn};
 
 use crate::{deliver::Deliverer, provider::Provider, relay::RelayConfig, retry::RetryPolicy};
 
@@ -48,24 +46,25 @@ pub struct Config {
 pub struct WorkerError(pub String);
 
 /// A running worker. To stop it cleanly, fire its shutdown token, then
-/// [`Worker::wait`]; dropping it stops it at once, like [`Worker::abort`].
+/// [`Worker::wait`]; [`Worker::abort`] stops it at once, as a kill would.
 pub struct Worker {
     pool: Pool,
     publisher: Publisher,
-    consuming: Arc<AtomicBool>,
-    tasks: JoinSet<()>,
+    consuming: watch::Receiver<bool>,
+    tasks: Tasks,
 }
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
             .field("publisher", &self.publisher)
+            .field("tasks", &self.tasks)
             .finish()
     }
 }
 
 impl Worker {
-    /// Checks the settings and starts the relay and the consumers. Returns at
+    /// Checks the settings and starts the relay and the consumer. Returns at
     /// once; connections are made (and re-made) in the background.
     pub fn start(config: Config, shutdown: CancellationToken) -> Result<Self, WorkerError> {
         config
@@ -85,13 +84,14 @@ impl Worker {
         let pool = kurir_store::pool(&config.database).map_err(WorkerError)?;
         let pg_config = kurir_store::pg_config(&config.database).map_err(WorkerError)?;
         let topology = Topology::new(config.bus.queue_prefix.clone());
+        let tasks = Tasks::new();
         let publisher = Publisher::start(
             config.bus.amqp_url.clone(),
             topology.clone(),
             "kurir-worker-publish".into(),
+            &tasks,
             shutdown.clone(),
         );
-        let mut tasks = JoinSet::new();
 
         let wake = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(listen::run(
@@ -104,6 +104,7 @@ impl Worker {
             interval: config.worker.relay_interval,
             batch: config.worker.relay_batch,
             publish_lease: config.pipeline.publish_lease,
+            republish_after: config.worker.republish_after,
             db_timeout: config.database.db_timeout,
         };
         tasks.spawn(relay::run(
@@ -122,16 +123,20 @@ impl Worker {
             lease: config.worker.delivery_lease,
             db_timeout: config.database.db_timeout,
             provider_timeout: config.provider.provider_timeout,
-            shutdown: shutdown.clone(),
-            held: Default::default(),
         });
-        let consuming = Arc::new(AtomicBool::new(false));
+        let (consuming_sender, consuming) = watch::channel(false);
+        tasks.spawn(report_broker(
+            publisher.connected(),
+            consuming.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(consume(
             config.clone(),
             topology,
             deliverer,
-            consuming.clone(),
-            shutdown.clone(),
+            consuming_sender,
+            tasks.clone(),
+            shutdown,
         ));
         info!(
             provider = ?config.provider.provider,
@@ -155,204 +160,257 @@ impl Worker {
         &self.publisher
     }
 
-    /// True while the consumers are running (for readiness).
-    pub fn consuming(&self) -> Arc<AtomicBool> {
+    /// The worker's tasks: whatever else the process runs for this worker
+    /// (its health endpoints) belongs here too.
+    pub fn tasks(&self) -> &Tasks {
+        &self.tasks
+    }
+
+    /// True while the consumer is running (for readiness).
+    pub fn consuming(&self) -> watch::Receiver<bool> {
         self.consuming.clone()
     }
 
     /// Waits for the worker to stop after its shutdown token fired.
-    pub async fn wait(mut self) {
-        while let Some(result) = self.tasks.join_next().await {
-            if let Err(err) = result
-                && err.is_panic()
-            {
-                error!(error = %err, "a worker task panicked");
-            }
-        }
-        self.publisher.closed().await;
+    pub async fn wait(self) {
+        self.tasks.wait().await;
         self.pool.close();
     }
 
     /// Stops at once, as if the process were killed: nothing is settled,
     /// leases and unacked envelopes are left for others to recover.
-    pub fn abort(mut self) {
-        self.tasks.abort_all();
+    pub fn abort(self) {
+        self.tasks.abort();
     }
 }
 
-/// The consuming side, on its own connection: a consumer on the deliveries
-/// queue (prefetch = concurrency) and one on the redeliver queue. If they stop
-/// (the broker cancelled them, or recovery failed), they are started again.
+/// One line when the worker loses RabbitMQ (its publisher or its consumer),
+/// one when it has both back; the reconnect loops themselves stay quiet
+/// unless the outage lasts.
+async fn report_broker(
+    mut publisher: watch::Receiver<bool>,
+    mut consuming: watch::Receiver<bool>,
+    shutdown: CancellationToken,
+) {
+    let mut was_up = false;
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let up = *publisher.borrow_and_update() && *consuming.borrow_and_update();
+        if up != was_up {
+            match (up, lost_at.take()) {
+                (true, None) => info!("connected to RabbitMQ; consuming"),
+                (true, Some(at)) => info!(
+                    down_ms = at.elapsed().as_millis() as u64,
+                    "RabbitMQ is back; consuming again"
+                ),
+                (false, _) => {
+                    warn!("lost RabbitMQ; reconnecting (accepted rows wait in Postgres)");
+                    lost_at = Some(Instant::now());
+                }
+            }
+            was_up = up;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            changed = publisher.changed() => if changed.is_err() { return },
+            changed = consuming.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+/// How often the consumer looks at its queue (see [`attached`]).
+const CONSUMER_CHECK: Duration = Duration::from_secs(5);
+
+/// Whether this worker's consumer still gets what its queue holds. Not if
+/// the queue is gone or has no consumer at all (RabbitMQ 3.10 sends no
+/// `basic.cancel` when a quorum queue is deleted under its consumers), nor if
+/// the consumer has sat idle with free slots for a whole check period while
+/// the queue kept envelopes ready (`ready_before`, the previous look): a
+/// consumer the broker no longer delivers to, whatever other workers do.
+pub fn attached(state: Option<QueueState>, idle_all_period: bool, ready_before: u32) -> bool {
+    let Some(state) = state else {
+        return false;
+    };
+    let starving = idle_all_period && state.ready > 0 && ready_before > 0;
+    state.consumers > 0 && !starving
+}
+
+/// How a subscription ended.
+enum Ended {
+    Shutdown,
+    Lost,
+    Detached,
+}
+
+/// The consuming side, on its own connection. The subscription is opened,
+/// read until it ends, and replaced whole: the broker requeues what the old
+/// connection held, so no prefetch window is ever stranded. Deliveries in
+/// flight carry on across a replacement (their acks then fail, which is
+/// harmless: their rows hold the outcome).
 async fn consume(
     config: Config,
     topology: Topology,
     deliverer: Arc<Deliverer>,
-    consuming: Arc<AtomicBool>,
+    consuming: watch::Sender<bool>,
+    tasks: Tasks,
     shutdown: CancellationToken,
 ) {
-    let mut delay = Duration::from_millis(500);
-    while !shutdown.is_cancelled() {
-        let result = consume_once(&config, &topology, &deliverer, &consuming, &shutdown).await;
-        consuming.store(false, Ordering::Relaxed);
-        if shutdown.is_cancelled() {
-            break;
-        }
-        match result {
-            Ok(()) => warn!("consumers stopped; starting them again"),
-            Err(err) => warn!(error = %err, "cannot consume; trying again"),
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => break,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(10));
-    }
-    info!("worker stopped consuming");
-}
-
-/// How often the consumer checks that its queue still exists and still has
-/// it as a consumer (see `Consumer::still_attached`).
-const CONSUMER_CHECK: Duration = Duration::from_secs(5);
-
-/// Bounds a broker call made while stopping: a blocked broker must not hold
-/// the exit.
-async fn briefly<F: Future>(step: F) {
-    let _ = tokio::time::timeout(Duration::from_secs(5), step).await;
-}
-
-async fn consume_once(
-    config: &Config,
-    topology: &Topology,
-    deliverer: &Arc<Deliverer>,
-    consuming: &AtomicBool,
-    shutdown: &CancellationToken,
-) -> Result<(), kurir_bus::BusError> {
-    let connection =
-        kurir_bus::connect(&config.bus.amqp_url, "kurir-worker-consume", shutdown).await?;
-    // The publisher declares the topology; the queues must exist before we consume.
-    while !deliverer
-        .publisher
-        .wait_connected(Duration::from_secs(1))
-        .await
-    {
-        if shutdown.is_cancelled() {
-            return Ok(());
-        }
-    }
-    // Declare (idempotently) what we consume: a queue deleted under us comes back.
-    let setup = connection.create_channel().await?;
-    topology.declare(&setup).await?;
-    briefly(setup.close(200, "declared".into())).await;
     let concurrency = config.worker.worker_concurrency;
-    let (deliveries_queue, redeliver_queue) = (topology.deliveries(), topology.redeliver());
-    let started = tokio::try_join!(
-        Consumer::start(&connection, &deliveries_queue, concurrency, "kurir-worker"),
-        Consumer::start(&connection, &redeliver_queue, 16, "kurir-worker-redeliver"),
-    );
-    let (mut deliveries, mut redeliveries) = match started {
-        Ok(consumers) => consumers,
-        Err(err) => {
-            briefly(connection.close(200, "worker restarting".into())).await;
-            return Err(err);
+    let slots = Arc::new(Semaphore::new(usize::from(concurrency)));
+    let in_flight = TaskTracker::new();
+    // Fired when the shutdown grace ends: deliveries still waiting for their
+    // provider give their rows back.
+    let cut_off = CancellationToken::new();
+    let mut reconnect = Reconnect::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut first = true;
+    let run = Run {
+        slots: &slots,
+        in_flight: &in_flight,
+        tasks: &tasks,
+        deliverer: &deliverer,
+        cut_off: &cut_off,
+        shutdown: &shutdown,
+    };
+    let subscription = loop {
+        let opened = Subscription::open(
+            &config.bus.amqp_url,
+            &topology,
+            concurrency,
+            "kurir-worker",
+            &mut reconnect,
+            first,
+            &shutdown,
+        )
+        .await;
+        let mut subscription = match opened {
+            Ok(subscription) => subscription,
+            Err(BusError::ShutDown) => break None,
+            Err(err) => {
+                if first || reconnect.worth_saying() {
+                    warn!(error = %err, "cannot start consuming; retrying");
+                }
+                if !reconnect.pause(&shutdown).await {
+                    break None;
+                }
+                continue;
+            }
+        };
+        reconnect.succeeded();
+        first = false;
+        consuming.send_replace(true);
+        let ended = run.read(&mut subscription).await;
+        consuming.send_replace(false);
+        match ended {
+            Ended::Shutdown => break Some(subscription),
+            Ended::Lost => {
+                debug!("consumer connection lost; replacing it");
+            }
+            Ended::Detached => {
+                warn!("this worker's consumer no longer gets its queue's envelopes; reconnecting");
+            }
+        }
+        subscription.close("reconnecting").await;
+        if !reconnect.pause(&shutdown).await {
+            break None;
         }
     };
-    consuming.store(true, Ordering::Relaxed);
-    let (pool, db_timeout) = (deliverer.pool.clone(), config.database.db_timeout);
-    // Stops with the deliveries consumer, or at shutdown.
-    let stop_redeliver = shutdown.child_token();
-    let redeliver = {
-        let stop = stop_redeliver.clone();
-        let deliverer = deliverer.clone();
-        tokio::spawn(async move {
-            loop {
-                let delivery = tokio::select! {
-                    () = stop.cancelled() => break,
-                    delivery = redeliveries.next() => match delivery { Some(d) => d, None => break },
-                };
-                hand_back(&pool, db_timeout, &deliverer, delivery).await;
-            }
-            briefly(redeliveries.close()).await;
-        })
-    };
-
-    let slots = Arc::new(Semaphore::new(usize::from(concurrency)));
-    let mut in_flight = JoinSet::new();
-    let mut check = tokio::time::interval(CONSUMER_CHECK);
-    check.reset();
-    loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = slots.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-        };
-        let delivery = tokio::select! {
-            () = shutdown.cancelled() => break,
-            _ = check.tick() => {
-                if deliveries.still_attached().await {
-                    continue;
-                }
-                break;
-            }
-            delivery = deliveries.next() => match delivery { Some(d) => d, None => break },
-        };
-        let deliverer = deliverer.clone();
-        in_flight.spawn(async move {
-            deliverer.handle(delivery).await;
-            drop(permit);
-        });
-        // Reap finished tasks so the set stays small.
-        while in_flight.try_join_next().is_some() {}
+    // Stop taking work, finish what is in flight within the grace period,
+    // then cut off the rest (each gives its row back), and only then close
+    // the connection: the broker requeues the prefetched envelopes never started.
+    if let Some(subscription) = &subscription {
+        subscription.cancel().await;
     }
-    consuming.store(false, Ordering::Relaxed);
-    // Stop taking work, finish what is in flight, release what is cut off,
-    // then let the broker requeue prefetched envelopes never started.
-    briefly(deliveries.cancel()).await;
+    in_flight.close();
     let grace = config.pipeline.shutdown_grace;
-    let drained = tokio::time::timeout(grace, async {
-        while in_flight.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
+    if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
         warn!(
             left = in_flight.len(),
             "grace period over; releasing deliveries still in flight"
         );
-        in_flight.abort_all();
-        while in_flight.join_next().await.is_some() {}
-        deliverer.release_held().await;
+        cut_off.cancel();
+        in_flight.wait().await;
     }
-    stop_redeliver.cancel();
-    briefly(deliveries.close()).await;
-    let _ = redeliver.await;
-    briefly(connection.close(200, "worker stopped".into())).await;
-    Ok(())
+    if let Some(subscription) = subscription {
+        subscription.close("worker stopped").await;
+    }
+    info!("worker stopped consuming");
 }
 
-/// An envelope the broker dead-lettered after too many deliveries: mark its
-/// row unpublished so the relay sends it again, then ack.
-async fn hand_back(
-    pool: &Pool,
-    db_timeout: Duration,
-    deliverer: &Deliverer,
-    delivery: kurir_bus::Delivery,
-) {
-    let Ok(envelope) = delivery.envelope else {
-        // Not ours to retry; keep it for a person to look at.
-        return deliverer.handle(delivery).await;
-    };
-    let result = timed(db_timeout, async {
-        let client = pool.get().await?;
-        pipeline::unpublish(&client, envelope.kind, envelope.id).await
-    })
-    .await;
-    match result {
-        Ok(changed) => {
-            warn!(kind = %envelope.kind, id = %envelope.id, republish = changed, "the broker dead-lettered an envelope; handing it back to the relay");
-            delivery.ack().await;
+/// What reading one subscription needs.
+struct Run<'a> {
+    slots: &'a Arc<Semaphore>,
+    in_flight: &'a TaskTracker,
+    tasks: &'a Tasks,
+    deliverer: &'a Arc<Deliverer>,
+    cut_off: &'a CancellationToken,
+    shutdown: &'a CancellationToken,
+}
+
+impl Run<'_> {
+    /// Takes deliveries while a slot is free, each on its own task, until the
+    /// subscription ends, stops getting envelopes, or shutdown.
+    async fn read(&self, subscription: &mut Subscription) -> Ended {
+        let mut check = tokio::time::interval(CONSUMER_CHECK);
+        check.reset();
+        let mut ready_before = 0;
+        loop {
+            let permit = tokio::select! {
+                () = self.shutdown.cancelled() => return Ended::Shutdown,
+                permit = self.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => return Ended::Shutdown,
+                },
+            };
+            let idle_since = Instant::now();
+            let delivery = loop {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => return Ended::Shutdown,
+                    _ = check.tick() => {
+                        let state = subscription.queue_state().await;
+                        let idle = idle_since.elapsed() >= CONSUMER_CHECK;
+                        if !attached(state, idle, ready_before) {
+                            return Ended::Detached;
+                        }
+                        ready_before = state.map_or(0, |s| s.ready);
+                    }
+                    delivery = subscription.next() => match delivery {
+                        Some(delivery) => break delivery,
+                        None => return Ended::Lost,
+                    },
+                }
+            };
+            let deliverer = self.deliverer.clone();
+            let cut_off = self.cut_off.clone();
+            self.tasks.spawn(self.in_flight.track_future(async move {
+                deliverer.handle(delivery, &cut_off).await;
+                drop(permit);
+            }));
         }
-        Err(err) => {
-            warn!(error = %err, "cannot hand a dead-lettered envelope back yet");
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            delivery.requeue().await;
-        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ready: u32, consumers: u32) -> Option<QueueState> {
+        Some(QueueState { ready, consumers })
+    }
+
+    #[test]
+    fn a_consumer_is_attached_while_its_queue_has_consumers_and_it_gets_envelopes() {
+        assert!(attached(state(0, 1), true, 0));
+        assert!(attached(state(500, 2), false, 500), "busy: not starving");
+        assert!(attached(state(5, 2), true, 0), "envelopes just arrived");
+    }
+
+    #[test]
+    fn a_gone_queue_no_consumers_or_starving_with_free_slots_is_not_attached() {
+        assert!(!attached(None, false, 0));
+        assert!(!attached(state(0, 0), false, 0));
+        assert!(
+            !attached(state(64, 1), true, 64),
+            "idle all along while envelopes wait: orphaned"
+        );
     }
 }

@@ -4,7 +4,10 @@
 //! 2. claims due, unpublished rows (`FOR UPDATE SKIP LOCKED`, with a publish
 //!    lease, so several workers' relays share the work), publishes them with
 //!    confirms and marks the confirmed ones; the rest are released for the
-//!    next round.
+//!    next round;
+//! 3. the guard: publishes again rows still `queued` long after they were
+//!    published (`republish_after`): the broker lost its copy, or a consumer
+//!    that nobody reads holds it. The claim drops whichever copy comes second.
 //!
 //! It runs when woken by a NOTIFY, and at least every `relay_interval`.
 
@@ -23,6 +26,7 @@ pub struct RelayConfig {
     pub interval: Duration,
     pub batch: u32,
     pub publish_lease: Duration,
+    pub republish_after: Duration,
     pub db_timeout: Duration,
 }
 
@@ -90,28 +94,63 @@ async fn round(
             pipeline::claim_for_publish(&client, kind, limit, config.publish_lease),
         )
         .await?;
-        if rows.is_empty() {
-            continue;
-        }
-        busy |= rows.len() as i64 == limit;
-        let (published, failed) = publish(publisher, &rows).await;
-        debug!(%kind, published = published.len(), failed = failed.len(), "relay published");
-        timed(
+        busy |= send(&client, publisher, config, kind, &rows).await? && rows.len() as i64 == limit;
+    }
+    for kind in JobKind::ALL {
+        let stale = timed(
             config.db_timeout,
-            pipeline::mark_published(&client, kind, &published),
+            pipeline::claim_stale_published(
+                &client,
+                kind,
+                limit,
+                config.publish_lease,
+                config.republish_after,
+            ),
         )
         .await?;
-        if !failed.is_empty() {
-            timed(
-                config.db_timeout,
-                pipeline::release_publish(&client, kind, &failed, false),
-            )
-            .await?;
-            // Let the broker come back before hammering it again.
-            busy = false;
+        if !stale.is_empty() {
+            warn!(
+                %kind,
+                count = stale.len(),
+                after = %humantime::format_duration(config.republish_after),
+                "publishing again rows still queued long after they were published"
+            );
         }
+        busy |=
+            send(&client, publisher, config, kind, &stale).await? && stale.len() as i64 == limit;
     }
     Ok(busy)
+}
+
+/// Publishes claimed rows, marks the confirmed ones and releases the rest.
+/// False if some could not be published (the broker is in trouble: the
+/// round should not come straight back).
+async fn send(
+    client: &impl kurir_store::GenericClient,
+    publisher: &Publisher,
+    config: &RelayConfig,
+    kind: JobKind,
+    rows: &[pipeline::Publishable],
+) -> Result<bool, StoreError> {
+    if rows.is_empty() {
+        return Ok(true);
+    }
+    let (published, failed) = publish(publisher, rows).await;
+    debug!(%kind, published = published.len(), failed = failed.len(), "relay published");
+    timed(
+        config.db_timeout,
+        pipeline::mark_published(client, kind, &published),
+    )
+    .await?;
+    if failed.is_empty() {
+        return Ok(true);
+    }
+    timed(
+        config.db_timeout,
+        pipeline::release_publish(client, kind, &failed, false),
+    )
+    .await?;
+    Ok(false)
 }
 
 /// Publishes `rows`, split into (confirmed, not confirmed).

@@ -47,7 +47,8 @@ pub async fn send(
         return Err(ApiError::validation(errors));
     };
     let id = MessageId::generate();
-    let message = detached(async move {
+    let tasks = state.tasks.clone();
+    let message = detached(&tasks, async move {
         let message = timed(state.db_timeout, async {
             let client = state.pool.get().await?;
             messages::insert(&client, account, &user, id, &text, state.publish_lease).await

@@ -39,7 +39,8 @@ pub async fn set(
         return Err(ApiError::validation(errors));
     };
     let id = StatusUpdateId::generate();
-    let update = detached(async move {
+    let tasks = state.tasks.clone();
+    let update = detached(&tasks, async move {
         let update = timed(state.db_timeout, async {
             let client = state.pool.get().await?;
             status_updates::insert(&client, account, &user, id, &text, state.publish_lease).await

@@ -1,0 +1,192 @@
+//! The dead-letter queue `{p}.dead`, for operators: envelopes the broker gave
+//! up on (too many deliveries without an ack) and envelopes no worker could
+//! read. [`DeadLetters`] reads them without removing them; the caller
+//! decides which to [`DeadLetters::remove`] (after re-driving their rows);
+//! closing returns the rest to the queue, in order.
+
+use lapin::{
+    Acker, BasicProperties, Channel, Connection,
+    options::{BasicAckOptions, BasicGetOptions},
+    types::{AMQPValue, FieldTable},
+};
+
+use crate::{
+    BusError, DecodeError, Envelope, Topology, connection,
+    publisher::{PARKED_AT_HEADER, REASON_HEADER},
+};
+
+/// One dead-lettered envelope.
+pub struct DeadLetter {
+    /// The envelope's id (its row's id) for envelopes kurir published, else
+    /// the id given when it was parked.
+    pub id: String,
+    pub envelope: Result<Envelope, DecodeError>,
+    /// Why it is here: the broker's reason (`delivery_limit`, `rejected`, …)
+    /// or the worker's (`undecodable: …`).
+    pub reason: String,
+    /// How many times it was dead-lettered.
+    pub deaths: i64,
+    /// When it first was, in seconds since the epoch, if known.
+    pub first_death: Option<i64>,
+    acker: Acker,
+}
+
+impl std::fmt::Debug for DeadLetter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetter")
+            .field("id", &self.id)
+            .field("reason", &self.reason)
+            .field("deaths", &self.deaths)
+            .finish()
+    }
+}
+
+/// A connection reading `{p}.dead`.
+pub struct DeadLetters {
+    connection: Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl std::fmt::Debug for DeadLetters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeadLetters")
+            .field("queue", &self.queue)
+            .finish()
+    }
+}
+
+fn header<'a>(table: &'a FieldTable, name: &str) -> Option<&'a AMQPValue> {
+    table
+        .inner()
+        .iter()
+        .find(|(key, _)| key.as_str() == name)
+        .map(|(_, value)| value)
+}
+
+fn text(value: &AMQPValue) -> Option<String> {
+    match value {
+        AMQPValue::LongString(s) => Some(s.to_string()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+fn integer(value: &AMQPValue) -> Option<i64> {
+    match value {
+        AMQPValue::LongLongInt(n) => Some(*n),
+        AMQPValue::LongInt(n) => Some(i64::from(*n)),
+        AMQPValue::LongUInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortInt(n) => Some(i64::from(*n)),
+        AMQPValue::ShortUInt(n) => Some(i64::from(*n)),
+        AMQPValue::Timestamp(n) => i64::try_from(*n).ok(),
+        _ => None,
+    }
+}
+
+/// (reason, deaths, first death) from a message's headers: the broker's
+/// `x-death` entries, or the headers the worker sets when it parks one.
+fn death_of(properties: &BasicProperties) -> (String, i64, Option<i64>) {
+    let Some(headers) = properties.headers().as_ref() else {
+        return ("unknown".into(), 1, None);
+    };
+    if let Some(AMQPValue::FieldArray(deaths)) = header(headers, "x-death") {
+        let entries: Vec<&FieldTable> = deaths
+            .as_slice()
+            .iter()
+            .filter_map(|entry| match entry {
+                AMQPValue::FieldTable(table) => Some(table),
+                _ => None,
+            })
+            .collect();
+        let count = entries
+            .iter()
+            .filter_map(|e| header(e, "count").and_then(integer))
+            .sum::<i64>()
+            .max(1);
+        let first = entries
+            .iter()
+            .filter_map(|e| header(e, "time").and_then(integer))
+            .min();
+        let reason = header(headers, "x-first-death-reason")
+            .and_then(text)
+            .or_else(|| {
+                entries
+                    .first()
+                    .and_then(|e| header(e, "reason").and_then(text))
+            })
+            .unwrap_or_else(|| "unknown".into());
+        return (reason, count, first);
+    }
+    let reason = header(headers, REASON_HEADER)
+        .and_then(text)
+        .unwrap_or_else(|| "unknown".into());
+    let parked_at = header(headers, PARKED_AT_HEADER)
+        .and_then(integer)
+        .map(|ms| ms / 1000);
+    (reason, 1, parked_at)
+}
+
+impl DeadLetters {
+    /// Connects once (an operator command: a clear error beats retrying).
+    pub async fn open(url: &str, topology: &Topology) -> Result<Self, BusError> {
+        let connection = connection::connect_once(url, "kurir-dlq").await?;
+        let channel = connection.create_channel().await?;
+        topology.declare(&channel).await?;
+        Ok(Self {
+            connection,
+            channel,
+            queue: topology.dead(),
+        })
+    }
+
+    /// Takes up to `limit` dead letters off the queue without acking them:
+    /// until [`DeadLetters::remove`]d they go back when this is closed.
+    pub async fn fetch(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
+        let mut letters = Vec::new();
+        while letters.len() < limit {
+            let got = self
+                .channel
+                .basic_get(
+                    self.queue.as_str().into(),
+                    BasicGetOptions { no_ack: false },
+                )
+                .await?;
+            let Some(message) = got else { break };
+            let delivery = message.delivery;
+            let (reason, deaths, first_death) = death_of(&delivery.properties);
+            let envelope = Envelope::decode(&delivery.data);
+            let id = delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|id| id.to_string())
+                .or_else(|| envelope.as_ref().ok().map(|e| e.id.to_string()))
+                .unwrap_or_else(|| "-".into());
+            letters.push(DeadLetter {
+                id,
+                envelope,
+                reason,
+                deaths,
+                first_death,
+                acker: delivery.acker,
+            });
+        }
+        Ok(letters)
+    }
+
+    /// Removes a dead letter for good (its row was re-driven, or needs nothing).
+    pub async fn remove(&self, letter: &DeadLetter) -> Result<bool, BusError> {
+        Ok(letter.acker.ack(BasicAckOptions::default()).await?)
+    }
+
+    /// Closes the connection; dead letters not removed go back to the queue.
+    pub async fn close(self) {
+        let _ = tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            self.channel.close(200, "done".into()),
+        )
+        .await;
+        connection::close(&self.connection, "done").await;
+    }
+}
