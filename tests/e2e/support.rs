@@ -45,25 +45,32 @@ fn amqp_url() -> String {
 }
 
 pub fn pg_config(dbname: &str) -> tokio_postgres::Config {
-    let mut config: tokio_postgres::Config = base_database_url()
-        .parse()
-        .expect("DATABASE_URL is not a Postgres URL");
+    pg_config_on(&base_database_url(), dbname)
+}
+
+fn pg_config_on(server: &str, dbname: &str) -> tokio_postgres::Config {
+    let mut config: tokio_postgres::Config =
+        server.parse().expect("DATABASE_URL is not a Postgres URL");
     config
         .dbname(dbname)
         .connect_timeout(Duration::from_secs(5));
     config
 }
 
-fn url_for(dbname: &str) -> String {
-    let mut url = url::Url::parse(&base_database_url()).expect("DATABASE_URL is not a URL");
+fn url_on(server: &str, dbname: &str) -> String {
+    let mut url = url::Url::parse(server).expect("DATABASE_URL is not a URL");
     url.set_path(dbname);
     url.to_string()
 }
 
-async fn admin() -> tokio_postgres::Client {
-    migrate::connect(&pg_config("postgres"))
+async fn admin_on(server: &str) -> tokio_postgres::Client {
+    migrate::connect(&pg_config_on(server, "postgres"))
         .await
         .unwrap_or_else(|err| panic!("cannot reach Postgres ({err}); {PG_HINT}"))
+}
+
+async fn admin() -> tokio_postgres::Client {
+    admin_on(&base_database_url()).await
 }
 
 /// The migrated template every test database is cloned from; built once per
@@ -129,7 +136,16 @@ fn unique(tag: &str) -> String {
     )
 }
 
-async fn create_database() -> String {
+/// A fresh migrated database: cloned from the template on the machine's
+/// Postgres, or migrated from scratch on another server (a private one).
+async fn create_database(server: Option<&str>) -> String {
+    if let Some(server) = server {
+        let name = unique("kurir_t");
+        migrate::run(&pg_config_on(server, &name))
+            .await
+            .expect("migrate a database on the private Postgres");
+        return name;
+    }
     let template = template().await;
     let name = unique("kurir_t");
     let client = admin().await;
@@ -164,6 +180,14 @@ pub struct Options {
     pub proxy_worker_postgres: bool,
     /// Route every RabbitMQ connection (API and worker) through a proxy.
     pub proxy_broker: bool,
+    /// Another Postgres server (base URL) instead of the machine's.
+    pub postgres: Option<String>,
+    /// Another RabbitMQ (AMQP URL) instead of the machine's.
+    pub amqp: Option<String>,
+    /// The worker's `KURIR_REPUBLISH_AFTER`.
+    pub republish_after: Duration,
+    /// The worker's concurrency (and prefetch).
+    pub worker_concurrency: u16,
 }
 
 impl Default for Options {
@@ -183,6 +207,10 @@ impl Default for Options {
             proxy_api_postgres: false,
             proxy_worker_postgres: false,
             proxy_broker: false,
+            postgres: None,
+            amqp: None,
+            republish_after: Duration::from_secs(300),
+            worker_concurrency: 8,
         }
     }
 }
@@ -199,6 +227,8 @@ pub struct TestApp {
     pub worker_postgres: Option<Proxy>,
     pub broker: Option<Proxy>,
     options: Options,
+    /// The Postgres server (base URL) and database this app uses.
+    server: String,
     database: String,
     prefix: String,
     shutdown: CancellationToken,
@@ -213,7 +243,8 @@ impl TestApp {
 
     pub async fn spawn_with(options: Options) -> Self {
         init_logs();
-        let database = create_database().await;
+        let server = options.postgres.clone().unwrap_or_else(base_database_url);
+        let database = create_database(options.postgres.as_deref()).await;
         let prefix = unique("kt");
         let shutdown = CancellationToken::new();
         let sandbox = kurir_sandbox::start(options.sandbox.clone())
@@ -221,17 +252,17 @@ impl TestApp {
             .expect("start the sandbox");
 
         let mut database_args: DatabaseArgs = config::defaults();
-        database_args.database_url = url_for(&database);
+        database_args.database_url = url_on(&server, &database);
         database_args.db_pool_size = 4;
         database_args.db_timeout = Duration::from_secs(2);
         let mut bus_args: BusArgs = config::defaults();
-        bus_args.amqp_url = amqp_url();
+        bus_args.amqp_url = options.amqp.clone().unwrap_or_else(amqp_url);
         bus_args.queue_prefix = prefix.clone();
         let mut pipeline: PipelineArgs = config::defaults();
         pipeline.publish_lease = options.publish_lease;
         pipeline.shutdown_grace = Duration::from_secs(5);
 
-        ensure_broker().await;
+        ensure_broker(&bus_args.amqp_url).await;
         let proxy = |wanted: bool, url: String, port: u16| async move {
             match wanted {
                 true => Some(Proxy::start(upstream_of(&url, port)).await),
@@ -269,6 +300,17 @@ impl TestApp {
             api: config::defaults(),
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
+        // Tests start from a connected API, so what they see does not depend
+        // on how fast the first connection is (the relay covers it anyway).
+        if options.api_amqp_url.is_none() && !options.proxy_broker {
+            assert!(
+                state
+                    .publisher
+                    .wait_connected(Duration::from_secs(10))
+                    .await,
+                "the API's publisher did not connect to RabbitMQ within 10s"
+            );
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -288,6 +330,7 @@ impl TestApp {
             worker_postgres,
             broker,
             options: options.clone(),
+            server,
             database,
             prefix,
             shutdown,
@@ -308,7 +351,8 @@ impl TestApp {
         provider.whatsapp_phone_number_id = Some("1234567890".into());
         provider.provider_timeout = Duration::from_secs(2);
         let mut worker: WorkerArgs = config::defaults();
-        worker.worker_concurrency = 8;
+        worker.worker_concurrency = self.options.worker_concurrency;
+        worker.republish_after = self.options.republish_after;
         worker.relay_interval = Duration::from_millis(200);
         worker.delivery_lease = self.options.delivery_lease;
         let mut retry: RetryArgs = config::defaults();
@@ -353,19 +397,67 @@ impl TestApp {
         self.start_worker();
     }
 
+    /// This app's queues.
+    pub fn topology(&self) -> Topology {
+        Topology::new(self.prefix.clone())
+    }
+
+    /// A channel on this app's broker, behind kurir's back (the connection
+    /// closes when both are dropped).
+    pub async fn broker_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let url = self.options.amqp.clone().unwrap_or_else(amqp_url);
+        let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default())
+            .await
+            .expect("connect to RabbitMQ");
+        let channel = connection.create_channel().await.expect("channel");
+        (connection, channel)
+    }
+
     /// Deletes this app's deliveries queue behind kurir's back.
     pub async fn delete_deliveries_queue(&self) {
-        let connection =
-            lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-                .await
-                .expect("connect");
-        let channel = connection.create_channel().await.expect("channel");
-        let queue = Topology::new(self.prefix.clone()).deliveries();
+        let (connection, channel) = self.broker_channel().await;
+        let queue = self.topology().deliveries();
         channel
             .queue_delete(queue.into(), lapin::options::QueueDeleteOptions::default())
             .await
             .expect("delete the queue");
         let _ = connection.close(200, "done".into()).await;
+    }
+
+    /// The environment a `kurir` process needs to work on this app's
+    /// database and queues (its worker delivering to the sandbox).
+    pub fn process_env(&self) -> Vec<(String, String)> {
+        let config = self.worker_config();
+        [
+            ("DATABASE_URL", config.database.database_url),
+            ("AMQP_URL", config.bus.amqp_url),
+            ("KURIR_QUEUE_PREFIX", config.bus.queue_prefix),
+            ("KURIR_DB_POOL_SIZE", "4".into()),
+            ("KURIR_DB_TIMEOUT", "2s".into()),
+            ("KURIR_PROVIDER", "whatsapp".into()),
+            ("KURIR_WHATSAPP_BASE_URL", self.sandbox.base_url()),
+            ("KURIR_WHATSAPP_TOKEN", "test-token".into()),
+            ("KURIR_WHATSAPP_PHONE_NUMBER_ID", "1234567890".into()),
+            ("KURIR_PROVIDER_TIMEOUT", "2s".into()),
+            ("KURIR_WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
+            ("KURIR_RELAY_INTERVAL", "200ms".into()),
+            (
+                "KURIR_DELIVERY_LEASE",
+                as_setting(self.options.delivery_lease),
+            ),
+            (
+                "KURIR_REPUBLISH_AFTER",
+                as_setting(self.options.republish_after),
+            ),
+            (
+                "KURIR_WORKER_CONCURRENCY",
+                self.options.worker_concurrency.to_string(),
+            ),
+            ("KURIR_LOG_FORMAT", "text".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect()
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -429,6 +521,50 @@ impl TestApp {
         let body: Value = response.json().await.expect("json");
         assert_eq!(body["message_status"], "queued");
         body["message_id"].as_str().expect("message_id").to_owned()
+    }
+
+    /// Sends `count` messages to `user`, 16 requests at a time; their ids.
+    pub async fn send_many(&self, user: &str, count: usize) -> Vec<String> {
+        use futures_util::StreamExt;
+        futures_util::stream::iter(0..count)
+            .map(|n| async move { self.send(user, &format!("message {n}")).await })
+            .buffer_unordered(16)
+            .collect()
+            .await
+    }
+
+    /// How many of this app's messages are in `state`, straight from Postgres.
+    pub async fn count_in_state(&self, state: &str) -> i64 {
+        let client = self.pool.get().await.expect("connection");
+        client
+            .query_one("SELECT count(*) FROM messages WHERE state = $1", &[&state])
+            .await
+            .expect("count messages")
+            .get(0)
+    }
+
+    /// Waits until `count` messages are `sent`; panics with the states seen if not within `limit`.
+    pub async fn all_sent(&self, count: i64, limit: Duration) {
+        let done = eventually(limit, || async {
+            (self.count_in_state("sent").await == count).then_some(())
+        })
+        .await;
+        if done.is_none() {
+            let client = self.pool.get().await.expect("connection");
+            let states: Vec<(String, bool, i64)> = client
+                .query(
+                    "SELECT state, published, count(*) FROM messages GROUP BY 1, 2 ORDER BY 1, 2",
+                    &[],
+                )
+                .await
+                .expect("states")
+                .iter()
+                .map(|row| (row.get(0), row.get(1), row.get(2)))
+                .collect();
+            panic!(
+                "not all {count} messages were sent within {limit:?}: (state, published, count) = {states:?}"
+            );
+        }
     }
 
     pub async fn message(&self, id: &str) -> Value {
@@ -512,12 +648,15 @@ where
     }
 }
 
-async fn ensure_broker() {
-    let url = amqp_url();
+fn as_setting(duration: Duration) -> String {
+    format!("{}ms", duration.as_millis())
+}
+
+async fn ensure_broker(url: &str) {
     let properties = lapin::ConnectionProperties::default();
     match tokio::time::timeout(
         Duration::from_secs(5),
-        lapin::Connection::connect(&url, properties),
+        lapin::Connection::connect(url, properties),
     )
     .await
     {
@@ -536,6 +675,8 @@ impl Drop for TestApp {
         self.pool.close();
         let database = self.database.clone();
         let prefix = self.prefix.clone();
+        let server = self.server.clone();
+        let amqp = self.options.amqp.clone().unwrap_or_else(amqp_url);
         // Clean up on a thread of its own: Drop cannot await.
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -543,13 +684,21 @@ impl Drop for TestApp {
                 .build()
                 .expect("cleanup runtime");
             runtime.block_on(async move {
-                let client = admin().await;
-                let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
-                    .await;
-                if let Ok(connection) =
-                    lapin::Connection::connect(&amqp_url(), lapin::ConnectionProperties::default())
-                        .await
+                // A private server may be gone already: then so is the database.
+                if let Ok(Ok(client)) = tokio::time::timeout(
+                    Duration::from_secs(5),
+                    migrate::connect(&pg_config_on(&server, "postgres")),
+                )
+                .await
+                {
+                    let _ = client
+                        .batch_execute(&format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)"))
+                        .await;
+                }
+                let connect =
+                    lapin::Connection::connect(&amqp, lapin::ConnectionProperties::default());
+                if let Ok(Ok(connection)) =
+                    tokio::time::timeout(Duration::from_secs(5), connect).await
                     && let Ok(channel) = connection.create_channel().await
                 {
                     let _ = Topology::new(prefix).delete(&channel).await;
