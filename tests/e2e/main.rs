@@ -10,6 +10,7 @@ mod isolation;
 mod operations;
 mod proxy;
 mod seed;
+mod slow_clients;
 mod support;
 mod users;
 mod validation;

@@ -13,7 +13,7 @@ use kurir_bus::Topology;
 use kurir_core::{
     apikey::ApiKey,
     config::{
-        self, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, ProviderKind, RetryArgs,
+        self, ApiArgs, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, ProviderKind, RetryArgs,
         WorkerArgs,
     },
 };
@@ -164,6 +164,8 @@ pub struct Options {
     pub proxy_worker_postgres: bool,
     /// Route every RabbitMQ connection (API and worker) through a proxy.
     pub proxy_broker: bool,
+    /// The API's own settings (body limit, client timeouts).
+    pub api: ApiArgs,
 }
 
 impl Default for Options {
@@ -183,6 +185,7 @@ impl Default for Options {
             proxy_api_postgres: false,
             proxy_worker_postgres: false,
             proxy_broker: false,
+            api: config::defaults(),
         }
     }
 }
@@ -266,7 +269,7 @@ impl TestApp {
             database: api_database,
             bus: api_bus,
             pipeline: pipeline.clone(),
-            api: config::defaults(),
+            api: options.api.clone(),
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
