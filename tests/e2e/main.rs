@@ -12,6 +12,7 @@ mod process;
 mod proxy;
 mod recovery;
 mod seed;
+mod slow_clients;
 mod support;
 mod users;
 mod validation;

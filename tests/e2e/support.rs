@@ -13,7 +13,7 @@ use kurir_bus::Topology;
 use kurir_core::{
     apikey::ApiKey,
     config::{
-        self, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, ProviderKind, RetryArgs,
+        self, ApiArgs, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, ProviderKind, RetryArgs,
         WorkerArgs,
     },
 };
@@ -188,6 +188,8 @@ pub struct Options {
     pub republish_after: Duration,
     /// The worker's concurrency (and prefetch).
     pub worker_concurrency: u16,
+    /// The API's own settings (body limit, client timeouts).
+    pub api: ApiArgs,
 }
 
 impl Default for Options {
@@ -211,6 +213,7 @@ impl Default for Options {
             amqp: None,
             republish_after: Duration::from_secs(300),
             worker_concurrency: 8,
+            api: config::defaults(),
         }
     }
 }
@@ -297,7 +300,7 @@ impl TestApp {
             database: api_database,
             bus: api_bus,
             pipeline: pipeline.clone(),
-            api: config::defaults(),
+            api: options.api.clone(),
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
         // Tests start from a connected API, so what they see does not depend

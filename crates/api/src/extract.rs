@@ -1,5 +1,5 @@
 //! Extractors that turn every kind of bad input into a clear problem:
-//! JSON bodies (415 / 413 / 400 / 422 naming the field) and bearer keys (401).
+//! JSON bodies (415 / 413 / 408 / 400 / 422 naming the field) and bearer keys (401).
 
 use axum::{
     body::Bytes,
@@ -36,6 +36,17 @@ fn is_json(headers: &HeaderMap) -> bool {
         .to_ascii_lowercase();
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// The body size a request announces in `Content-Length`, if it is a number.
+fn announced_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// Parses a JSON object into `T`, naming the field on a type error.
@@ -78,8 +89,22 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !is_json(request.headers()) {
             return Err(ApiError::unsupported_media_type());
         }
-        let bytes = Bytes::from_request(request, state)
+        // The limit on the read below bites only once that many bytes have
+        // arrived; a client that announced more would wait for an answer
+        // while it sends them. Refuse it before reading any.
+        if announced_length(request.headers()).is_some_and(|len| len > state.max_body_bytes) {
+            return Err(ApiError::payload_too_large(state.max_body_bytes));
+        }
+        let deadline = state.timeouts.body;
+        let read = tokio::time::timeout(deadline, Bytes::from_request(request, state));
+        let bytes = read
             .await
+            .map_err(|_| {
+                ApiError::request_timeout(format!(
+                    "the request body did not arrive within {}",
+                    humantime::format_duration(deadline)
+                ))
+            })?
             .map_err(|rejection| {
                 if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                     ApiError::payload_too_large(state.max_body_bytes)
@@ -194,6 +219,16 @@ mod tests {
             let err = parse_json::<Body>(bad).unwrap_err();
             assert_eq!(err.status(), 400, "{:?}", String::from_utf8_lossy(bad));
         }
+    }
+
+    #[test]
+    fn the_announced_length_is_read_from_content_length() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(announced_length(&headers), None);
+        headers.insert(header::CONTENT_LENGTH, "2097152".parse().unwrap());
+        assert_eq!(announced_length(&headers), Some(2_097_152));
+        headers.insert(header::CONTENT_LENGTH, "lots".parse().unwrap());
+        assert_eq!(announced_length(&headers), None);
     }
 
     #[test]

@@ -12,8 +12,9 @@ pub mod error;
 pub mod extract;
 pub mod ops;
 pub mod routes;
+pub mod server;
 
-use std::{net::SocketAddr, time::Duration};
+use std::time::Duration;
 
 use axum::{
     Router,
@@ -55,6 +56,7 @@ pub struct AppState {
     pub db_timeout: Duration,
     pub publish_lease: Duration,
     pub max_body_bytes: u64,
+    pub timeouts: server::ClientTimeouts,
 }
 
 impl std::fmt::Debug for AppState {
@@ -91,6 +93,7 @@ impl AppState {
             db_timeout: config.database.db_timeout,
             publish_lease: config.pipeline.publish_lease,
             max_body_bytes: config.api.max_body_bytes,
+            timeouts: server::ClientTimeouts::from(&config.api),
         })
     }
 
@@ -173,7 +176,8 @@ async fn problems_only(request: Request, next: Next) -> Response {
     problem
 }
 
-/// Serves the API on `listener` until `shutdown`, then drains.
+/// Serves the API on `listener` until `shutdown`, then drains; slow clients
+/// are bounded by `state.timeouts` (see [`server`]).
 pub async fn serve(
     state: AppState,
     listener: tokio::net::TcpListener,
@@ -181,12 +185,8 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let addr = listener.local_addr()?;
     info!(%addr, "api listening");
-    axum::serve(
-        listener,
-        app(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    let timeouts = state.timeouts;
+    server::serve(app(state), listener, timeouts, shutdown).await
 }
 
 /// `kurir api`: bind `KURIR_API_ADDR` and serve.

@@ -126,6 +126,22 @@ pub struct ApiArgs {
     #[arg(long, env = "KURIR_MAX_BODY_BYTES", default_value_t = 1024 * 1024,
           value_parser = clap::value_parser!(u64).range(1024..=64 * 1024 * 1024))]
     pub max_body_bytes: u64,
+
+    /// How long a client may take to send a request's headers, counted from
+    /// the connection's start or the request's first byte. Past it the server
+    /// answers 408 (if any of the request came) and closes the connection.
+    #[arg(long, env = "KURIR_HEADER_TIMEOUT", default_value = "10s", value_parser = positive_duration)]
+    pub header_timeout: Duration,
+
+    /// How long a client may take to send a whole request body once its
+    /// handler starts reading it. Past it the answer is 408.
+    #[arg(long, env = "KURIR_BODY_TIMEOUT", default_value = "30s", value_parser = positive_duration)]
+    pub body_timeout: Duration,
+
+    /// How long a kept-alive connection may sit between requests before the
+    /// server closes it.
+    #[arg(long, env = "KURIR_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
+    pub idle_timeout: Duration,
 }
 
 /// Which provider the worker delivers through.
