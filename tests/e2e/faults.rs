@@ -152,29 +152,48 @@ async fn a_worker_that_dies_mid_delivery_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_queue_deleted_under_the_workers_loses_nothing_and_a_worker_restart_resumes_delivery() {
-    let mut app = TestApp::spawn().await;
+async fn a_queue_deleted_under_two_workers_loses_nothing_and_both_find_the_new_queue() {
+    let mut options = Options {
+        worker_concurrency: 2,
+        ..Options::default()
+    };
+    // Slow deliveries keep envelopes waiting in the queue, so a worker whose
+    // consumer is orphaned sits idle while its queue is not empty.
+    options.sandbox.latency_ms = 300;
+    let app = TestApp::spawn_with(options).await;
+    let (other, _stop_other) = app.another_worker();
     app.create_user("u1", "+62123456789").await;
     let before = app.send("u1", "before").await;
     app.message_with_status(&before, "sent").await;
+    let both = eventually(DEADLINE, || async {
+        (app.consumers().await == 2).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "both workers consume");
 
-    // The first publish after the delete is unroutable: the publisher
-    // declares the topology again, and the row goes back to the relay.
+    // RabbitMQ 3.10 does not cancel the consumers of a deleted quorum queue.
+    // The first publish after the delete is unroutable: the publisher declares
+    // the topology again and the relay publishes the rows to the new queue.
     app.delete_deliveries_queue().await;
     let mut after = Vec::new();
-    for n in 0..5 {
+    for n in 0..30 {
         after.push(app.send("u1", &format!("after {n}")).await);
     }
-    // RabbitMQ 3.10 does not cancel the consumers of a deleted quorum queue
-    // (newer versions do), so the running worker may not see the new queue's
-    // deliveries; a restart, as the README says, picks everything up.
-    app.restart_worker().await;
     for id in &after {
         app.message_with_status(id, "sent").await;
+    }
+    for id in &after {
         assert_eq!(
             app.sandbox_requests_for(id).len(),
             1,
             "{id} delivered exactly once"
         );
     }
+    // Neither worker was restarted: each noticed on its own.
+    let both = eventually(DEADLINE, || async {
+        (app.consumers().await == 2).then_some(())
+    })
+    .await;
+    assert!(both.is_some(), "both workers consume the new queue");
+    other.abort();
 }

@@ -377,10 +377,35 @@ impl TestApp {
     }
 
     pub fn start_worker(&mut self) {
+        self.worker = Some(self.another_worker());
+    }
+
+    /// A worker besides the app's own, with the same settings; the caller
+    /// owns it (abort it, or fire its token and wait).
+    pub fn another_worker(&self) -> (kurir_worker::Worker, CancellationToken) {
         let stop = self.shutdown.child_token();
         let worker = kurir_worker::Worker::start(self.worker_config(), stop.clone())
             .expect("start the worker");
-        self.worker = Some((worker, stop));
+        (worker, stop)
+    }
+
+    /// Consumers attached to this app's deliveries queue, as the broker counts them.
+    pub async fn consumers(&self) -> u32 {
+        let (connection, channel) = self.broker_channel().await;
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let queue = channel
+            .queue_declare(
+                self.topology().deliveries().into(),
+                options,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .expect("the deliveries queue exists");
+        let _ = connection.close(200, "done".into()).await;
+        queue.consumer_count()
     }
 
     /// Stops the worker as if killed: nothing is settled or released.
