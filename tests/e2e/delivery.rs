@@ -178,3 +178,29 @@ async fn messages_accepted_with_no_worker_running_wait_and_are_delivered_once_on
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_cut_off_by_the_shutdown_grace_gives_its_row_back_at_once() {
+    let mut options = Options {
+        shutdown_grace: Duration::from_millis(200),
+        delivery_lease: Duration::from_secs(30),
+        ..Options::default()
+    };
+    options.sandbox.latency_ms = 1500;
+    let mut app = TestApp::spawn_with(options).await;
+    app.create_user("u1", "+62123456789").await;
+    let id = app.send("u1", "cut off").await;
+    app.message_with_status(&id, "sending").await;
+
+    app.stop_worker().await;
+    // Neither waited for (it would be sent) nor left for its 30 s lease:
+    // the delivery gave its row back when the grace ended.
+    let message = app.message(&id).await;
+    assert_eq!(message["message_status"], "queued", "{message:#}");
+    assert_eq!(message["attempts"], 1);
+
+    app.sandbox.set_latency_ms(0);
+    app.start_worker();
+    let sent = app.message_with_status(&id, "sent").await;
+    assert_eq!(sent["attempts"], 2);
+}

@@ -188,6 +188,8 @@ pub struct Options {
     pub republish_after: Duration,
     /// The worker's concurrency (and prefetch).
     pub worker_concurrency: u16,
+    /// The worker's `KURIR_SHUTDOWN_GRACE`.
+    pub shutdown_grace: Duration,
     /// The API's own settings (body limit, client timeouts).
     pub api: ApiArgs,
 }
@@ -213,6 +215,7 @@ impl Default for Options {
             amqp: None,
             republish_after: Duration::from_secs(300),
             worker_concurrency: 8,
+            shutdown_grace: Duration::from_secs(5),
             api: config::defaults(),
         }
     }
@@ -361,7 +364,7 @@ impl TestApp {
         let mut retry: RetryArgs = config::defaults();
         retry.retry_initial = self.options.retry_initial;
         let mut pipeline: PipelineArgs = config::defaults();
-        pipeline.shutdown_grace = Duration::from_secs(5);
+        pipeline.shutdown_grace = self.options.shutdown_grace;
         let mut database = self.database_args.clone();
         if let Some(proxy) = &self.worker_postgres {
             database.database_url = proxy.url(&database.database_url);
@@ -415,14 +418,13 @@ impl TestApp {
         }
     }
 
-    /// Stops the worker as SIGTERM does (it finishes what it holds and closes
-    /// its connections), then starts a new one.
-    pub async fn restart_worker(&mut self) {
+    /// Stops the worker as SIGTERM does: it finishes what it holds within
+    /// its grace period, gives back what it could not, and closes its connections.
+    pub async fn stop_worker(&mut self) {
         if let Some((worker, stop)) = self.worker.take() {
             stop.cancel();
             worker.wait().await;
         }
-        self.start_worker();
     }
 
     /// This app's queues.
