@@ -1,16 +1,16 @@
-//! A private RabbitMQ node that a test may really stop and restart, without
-//! touching the machine's shared services (RabbitMQ `rabbit@localhost` on
-//! 5672).
+//! A private RabbitMQ node and a private Postgres cluster that a test may
+//! really stop and restart, without touching the machine's shared services
+//! (Postgres on 5432, RabbitMQ `rabbit@localhost` on 5672).
 //!
 //! Each instance lives in a directory of its own under [`BASE`], named after
-//! the test process that owns it (`rmq-<pid>-<id>`), on ports picked free at
-//! start. Dropping it stops the server and removes the
+//! the test process that owns it (`rmq-<pid>-<id>`, `pg-<pid>-<id>`), on
+//! ports picked free at start. Dropping it stops the server and removes the
 //! directory, also when the test panicked. Should the test process die
 //! without unwinding (SIGKILL, Ctrl-C), a watchdog started with each instance
 //! stops the server within a second or so, and the next `start()` in any
 //! test process sweeps directories whose owner is gone.
 //!
-//! Tests run as root; the node runs as the `rabbitmq` user.
+//! Tests run as root; the servers run as the `rabbitmq` and `postgres` users.
 
 use std::{
     fs,
@@ -31,13 +31,15 @@ pub const BASE: &str = "/tmp/kurir-test-nodes";
 /// `su`, which keeps the environment) and so use its Erlang cookie.
 const RABBITMQ_SERVER: &str = "/usr/sbin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/sbin/rabbitmqctl";
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// A node boots in about 5 s on an idle machine; two cores shared with other
 /// builds and tests can make that several times longer.
 const BROKER_BOOT: Duration = Duration::from_secs(60);
+const POSTGRES_BOOT: Duration = Duration::from_secs(30);
 /// How long a server may take to close its port once told to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
-/// How long one `rabbitmqctl` call may take.
+/// How long one `rabbitmqctl`, `pg_ctl` or `initdb` call may take.
 const COMMAND_LIMIT: Duration = Duration::from_secs(45);
 /// How long Drop waits for a killed server to be gone.
 const KILL_LIMIT: Duration = Duration::from_secs(10);
@@ -303,6 +305,230 @@ async fn amqp_probe(url: &str) -> Result<(), String> {
     }
 }
 
+/// A Postgres 15 cluster of its own: trust authentication for `postgres`,
+/// on 127.0.0.1 and a free port, its socket in its own directory, and
+/// `fsync=off` (its data is thrown away).
+pub struct PrivatePostgres {
+    dir: PathBuf,
+    data: PathBuf,
+    port: u16,
+}
+
+impl PrivatePostgres {
+    /// Creates a cluster (initdb) and starts it; returns once it accepts
+    /// connections.
+    pub async fn start() -> Self {
+        sweep_stale();
+        let started = Instant::now();
+        let (dir, _) = node_dir("pg");
+        chown_tree(&dir, "postgres");
+        watchdog(
+            &dir,
+            &format!(
+                r#"runuser -u postgres -- {PG_BIN}/pg_ctl -D "$KURIR_DIR/data" -m immediate -w -t 10 stop"#
+            ),
+        );
+        let mut postgres = Self {
+            data: dir.join("data"),
+            dir,
+            port: free_port(),
+        };
+        let mut initdb = as_postgres(&format!("{PG_BIN}/initdb"));
+        initdb
+            .arg("-D")
+            .arg(&postgres.data)
+            .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
+            .args(["--locale=C.UTF-8", "--no-sync", "--no-instructions"]);
+        if let Err(why) = run_async("initdb", initdb, COMMAND_LIMIT).await {
+            panic!("cannot create a private Postgres cluster: {why}");
+        }
+        let mut clashes = Vec::new();
+        for attempt in 1..=PORT_ATTEMPTS {
+            match postgres.pg_ctl("start").await {
+                Ok(()) => break,
+                Err(why) if why.contains("already in use") && attempt < PORT_ATTEMPTS => {
+                    clashes.push(why);
+                    postgres.port = free_port();
+                }
+                Err(why) => panic!("cannot start a private Postgres: {why}"),
+            }
+        }
+        postgres.await_ready(started).await;
+        tracing::info!(
+            port = postgres.port,
+            "private Postgres booted in {:.1?}",
+            started.elapsed()
+        );
+        postgres
+    }
+
+    /// `postgres://postgres@127.0.0.1:<port>/<dbname>`
+    pub fn database_url(&self, dbname: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{dbname}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Fast shutdown: sessions are ended, new connections refused.
+    pub async fn stop(&self) {
+        let started = Instant::now();
+        self.pg_ctl_or_panic("stop").await;
+        await_port_closed(self.port, "the private Postgres").await;
+        tracing::info!(
+            port = self.port,
+            "private Postgres stopped in {:.1?}",
+            started.elapsed()
+        );
+    }
+
+    /// Starts the stopped cluster again, on the same port with the same data.
+    pub async fn start_again(&self) {
+        let started = Instant::now();
+        self.pg_ctl_or_panic("start").await;
+        self.await_ready(started).await;
+        tracing::info!(
+            port = self.port,
+            "private Postgres started in {:.1?}",
+            started.elapsed()
+        );
+    }
+
+    /// Fast shutdown then start, as one step.
+    pub async fn restart(&self) {
+        let started = Instant::now();
+        self.pg_ctl_or_panic("restart").await;
+        self.await_ready(started).await;
+        tracing::info!(
+            port = self.port,
+            "private Postgres restarted in {:.1?}",
+            started.elapsed()
+        );
+    }
+
+    /// The server's options; passed on every start, since `pg_ctl start`
+    /// without them would try the default port 5432 (the shared cluster's).
+    fn options(&self) -> String {
+        format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
+             -c full_page_writes=off -c shared_buffers=16MB -c max_connections=50",
+            self.port,
+            self.dir.display()
+        )
+    }
+
+    async fn pg_ctl(&self, action: &str) -> Result<(), String> {
+        let mut pg_ctl = as_postgres(&format!("{PG_BIN}/pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(self.dir.join("postgres.log"))
+            .args(["-w", "-t", "30", "-m", "fast"]);
+        if action != "stop" {
+            pg_ctl.args(["-o", &self.options()]);
+        }
+        pg_ctl.arg(action);
+        let what = format!("pg_ctl {action} (port {})", self.port);
+        run_async(&what, pg_ctl, COMMAND_LIMIT)
+            .await
+            .map(drop)
+            .map_err(|why| format!("{why}; the server log ends:\n{}", self.log_tail()))
+    }
+
+    async fn pg_ctl_or_panic(&self, action: &str) {
+        if let Err(why) = self.pg_ctl(action).await {
+            panic!("{why}");
+        }
+    }
+
+    async fn await_ready(&self, since: Instant) {
+        let url = self.database_url("postgres");
+        let deadline = since + POSTGRES_BOOT;
+        loop {
+            let last = match postgres_probe(&url).await {
+                Ok(()) => return,
+                Err(err) => err,
+            };
+            assert!(
+                Instant::now() < deadline,
+                "the private Postgres on {} did not accept a connection within {POSTGRES_BOOT:?} \
+                 (last error: {last}); its log ends:\n{}",
+                self.port,
+                self.log_tail()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn log_tail(&self) -> String {
+        tail(&self.dir.join("postgres.log"), 20)
+    }
+}
+
+impl Drop for PrivatePostgres {
+    /// Immediate shutdown (nothing is worth keeping), then the directory goes.
+    fn drop(&mut self) {
+        let started = Instant::now();
+        stop_postgres(&self.data);
+        if !wait_port_closed(self.port, KILL_LIMIT) {
+            tracing::error!(
+                port = self.port,
+                "a stopped private Postgres's port stays open"
+            );
+        }
+        remove_dir(&self.dir);
+        tracing::info!(
+            port = self.port,
+            "private Postgres gone in {:.1?}",
+            started.elapsed()
+        );
+    }
+}
+
+async fn postgres_probe(url: &str) -> Result<(), String> {
+    let connect = tokio_postgres::connect(url, tokio_postgres::NoTls);
+    let (client, connection) = match tokio::time::timeout(Duration::from_secs(5), connect).await {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(err)) => return Err(err.to_string()),
+        Err(_) => return Err("no answer within 5s".into()),
+    };
+    tokio::spawn(connection);
+    client
+        .simple_query("SELECT 1")
+        .await
+        .map(drop)
+        .map_err(|err| err.to_string())
+}
+
+/// `pg_ctl stop -m immediate`, then SIGKILL for a postmaster that is left.
+fn stop_postgres(data: &Path) {
+    if data.join("postmaster.pid").exists() {
+        let mut pg_ctl = as_postgres(&format!("{PG_BIN}/pg_ctl"));
+        pg_ctl
+            .arg("-D")
+            .arg(data)
+            .args(["-m", "immediate", "-w", "-t", "10", "stop"]);
+        let _ = run("pg_ctl stop -m immediate", pg_ctl, Duration::from_secs(15));
+    }
+    let postmaster = pids_of("postgres", &format!("-D {}", data.display()));
+    let left = kill_and_wait(&postmaster, KILL_LIMIT);
+    if !left.is_empty() {
+        tracing::error!(?left, "private Postgres survived SIGKILL");
+    }
+}
+
+fn as_postgres(program: &str) -> Command {
+    let mut command = Command::new("runuser");
+    command.args(["-u", "postgres", "--", program]);
+    command
+}
+
 /// A new directory under [`BASE`] for this process: `(path, id)`.
 fn node_dir(kind: &str) -> (PathBuf, String) {
     let base = Path::new(BASE);
@@ -370,6 +596,7 @@ fn sweep_stale() {
                 "rmq" => {
                     kill_and_wait(&vm_pids(&dir), KILL_LIMIT);
                 }
+                "pg" => stop_postgres(&dir.join("data")),
                 _ => continue,
             }
             tracing::warn!(dir = %dir.display(), "removed a private node left by a dead test process");
@@ -625,7 +852,7 @@ fn tail(path: &Path, lines: usize) -> String {
 mod tests {
     use std::time::Duration;
 
-    use super::{PrivateBroker, port_open};
+    use super::{PrivateBroker, PrivatePostgres, port_open};
     use crate::support::{DEADLINE, eventually};
 
     async fn amqp_connect(url: &str) -> Result<lapin::Connection, String> {
@@ -678,5 +905,57 @@ mod tests {
         drop(broker);
         assert!(!port_open(port), "the node's port is closed after Drop");
         assert!(!dir.exists(), "the node's directory is removed by Drop");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_private_postgres_stops_and_starts_and_is_gone_after_drop() {
+        crate::support::init_logs();
+        let postgres = PrivatePostgres::start().await;
+        let url = postgres.database_url("postgres");
+        let connect = || async {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            Ok::<_, tokio_postgres::Error>(client)
+        };
+        let client = connect().await.expect("the private Postgres accepts");
+        client
+            .batch_execute("CREATE TABLE kept (n int); INSERT INTO kept VALUES (7)")
+            .await
+            .expect("write to the private Postgres");
+        assert_ne!(postgres.port(), 5432);
+
+        postgres.stop().await;
+        assert!(
+            connect().await.is_err(),
+            "a stopped Postgres refuses connections"
+        );
+        assert!(
+            client.simple_query("SELECT 1").await.is_err(),
+            "stop ends open sessions"
+        );
+
+        postgres.start_again().await;
+        let client = connect().await.expect("Postgres accepts after start_again");
+        let row = client
+            .query_one("SELECT n FROM kept", &[])
+            .await
+            .expect("the data survived the stop");
+        assert_eq!(row.get::<_, i32>(0), 7);
+
+        postgres.restart().await;
+        assert!(
+            client.simple_query("SELECT 1").await.is_err(),
+            "restart ends sessions"
+        );
+        let client = connect().await.expect("Postgres accepts after restart");
+        client
+            .simple_query("SELECT 1")
+            .await
+            .expect("a query after restart");
+
+        let (port, dir) = (postgres.port(), postgres.dir().to_owned());
+        drop(postgres);
+        assert!(!port_open(port), "the cluster's port is closed after Drop");
+        assert!(!dir.exists(), "the cluster's directory is removed by Drop");
     }
 }
