@@ -529,13 +529,19 @@ fn as_postgres(program: &str) -> Command {
     command
 }
 
-/// A new directory under [`BASE`] for this process: `(path, id)`.
-fn node_dir(kind: &str) -> (PathBuf, String) {
+/// [`BASE`], created if need be.
+fn base_dir() -> &'static Path {
     let base = Path::new(BASE);
     fs::create_dir_all(base).expect("create the private nodes' base directory");
     // The servers' users must reach their directories through it.
     fs::set_permissions(base, fs::Permissions::from_mode(0o755))
         .expect("open the private nodes' base directory");
+    base
+}
+
+/// A new directory under [`BASE`] for this process: `(path, id)`.
+fn node_dir(kind: &str) -> (PathBuf, String) {
+    let base = base_dir();
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let dir = base.join(format!("{kind}-{}-{id}", std::process::id()));
     fs::create_dir(&dir).expect("create a private node directory");
@@ -571,8 +577,9 @@ rm -rf "$KURIR_DIR""#
     assert!(status.success(), "setsid failed to start a watchdog");
 }
 
-/// Once per test process: stops servers and removes directories left under
-/// [`BASE`] by test processes that are gone (killed before Drop could run).
+/// Once per test process: stops servers and removes directories (and command
+/// output files) left under [`BASE`] by test processes that are gone (killed
+/// before Drop could run).
 fn sweep_stale() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
@@ -597,6 +604,11 @@ fn sweep_stale() {
                     kill_and_wait(&vm_pids(&dir), KILL_LIMIT);
                 }
                 "pg" => stop_postgres(&dir.join("data")),
+                // A command's output, left by a process killed meanwhile.
+                "cmd" => {
+                    let _ = fs::remove_file(&dir);
+                    continue;
+                }
                 _ => continue,
             }
             tracing::warn!(dir = %dir.display(), "removed a private node left by a dead test process");
@@ -699,11 +711,16 @@ fn kill_and_wait(pids: &[u32], limit: Duration) -> Vec<u32> {
 }
 
 /// Runs `command` (in a process group of its own, from `/`) with its output
-/// in a file, so that a daemon it starts cannot hold a pipe open. `Ok` with
+/// in a file under [`BASE`], so that a daemon it starts cannot hold a pipe open. `Ok` with
 /// the output if it exits 0 within `limit`; on timeout the group is killed.
 fn run(what: &str, mut command: Command, limit: Duration) -> Result<String, String> {
-    let out_path =
-        std::env::temp_dir().join(format!("kurir-node-cmd-{}", uuid::Uuid::new_v4().simple()));
+    // Named after this process, so the sweep removes it should this process
+    // be killed while the command runs.
+    let out_path = base_dir().join(format!(
+        "cmd-{}-{}.out",
+        std::process::id(),
+        uuid::Uuid::new_v4().simple()
+    ));
     let out = fs::File::create(&out_path).map_err(|err| format!("{what}: {err}"))?;
     let err_out = out.try_clone().map_err(|err| format!("{what}: {err}"))?;
     command
