@@ -648,7 +648,7 @@ impl TestApp {
 
 /// Logs go to the test's captured output (shown for a failing test);
 /// `RUST_LOG` picks the level, `warn` by default.
-fn init_logs() {
+pub fn init_logs() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let filter = tracing_subscriber::EnvFilter::try_from_default_env()
