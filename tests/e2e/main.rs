@@ -12,6 +12,7 @@ mod operations;
 mod process;
 mod proxy;
 mod recovery;
+mod restarts;
 mod seed;
 mod slow_clients;
 mod support;
