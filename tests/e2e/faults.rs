@@ -39,20 +39,7 @@ async fn with_postgres_down_the_api_answers_503_and_never_202() {
     assert_eq!(body["postgres"], "unavailable");
 
     postgres.restore();
-    let id = eventually(DEADLINE, || async {
-        let response = app
-            .post("/v1/users/u1/messages", &json!({"message": "back"}))
-            .send()
-            .await
-            .unwrap();
-        if response.status() != StatusCode::ACCEPTED {
-            return None;
-        }
-        let body: Value = response.json().await.unwrap();
-        Some(body["message_id"].as_str().unwrap().to_owned())
-    })
-    .await
-    .expect("the API accepts again once Postgres is back");
+    let id = app.accepted_again("u1").await;
     app.message_with_status(&id, "sent").await;
     // The refused message was never stored.
     let list: Value = app.get_json("/v1/users/u1/messages").await;

@@ -156,20 +156,7 @@ async fn a_postgres_restart_under_load_is_503_while_down_and_loses_nothing() {
     let back = Instant::now();
 
     // No kurir process was restarted: the API accepts again by itself...
-    let first = eventually(Duration::from_secs(30), || async {
-        let response = app
-            .post("/v1/users/u1/messages", &json!({"message": "back"}))
-            .send()
-            .await
-            .unwrap();
-        if response.status() != StatusCode::ACCEPTED {
-            return None;
-        }
-        let body: Value = response.json().await.unwrap();
-        Some(body["message_id"].as_str().unwrap().to_owned())
-    })
-    .await
-    .expect("the API accepts again once Postgres is back");
+    let first = app.accepted_again("u1").await;
     let accepting_after = back.elapsed();
     accepted.push(first);
     accepted.extend(app.send_many("u1", 200).await);

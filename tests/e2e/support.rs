@@ -563,6 +563,27 @@ impl TestApp {
             .await
     }
 
+    /// Waits until the API accepts a message again (after an outage); its id.
+    pub async fn accepted_again(&self, user: &str) -> String {
+        eventually(Duration::from_secs(30), || async {
+            let response = self
+                .post(
+                    &format!("/v1/users/{user}/messages"),
+                    &json!({"message": "back"}),
+                )
+                .send()
+                .await
+                .expect("send");
+            if response.status() != StatusCode::ACCEPTED {
+                return None;
+            }
+            let body: Value = response.json().await.expect("json");
+            Some(body["message_id"].as_str().expect("message_id").to_owned())
+        })
+        .await
+        .expect("the API accepts again once Postgres is back")
+    }
+
     /// How many of this app's messages are in `state`, straight from Postgres.
     pub async fn count_in_state(&self, state: &str) -> i64 {
         let client = self.pool.get().await.expect("connection");

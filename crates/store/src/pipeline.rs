@@ -70,15 +70,19 @@ pub async fn claim_for_publish(
     );
     let statement = client.prepare_cached(&sql).await?;
     let rows = client.query(&statement, &[&limit, &secs(lease)]).await?;
-    Ok(rows
-        .iter()
+    Ok(publishable(kind, &rows))
+}
+
+/// Rows of `RETURNING id, account_id, attempts`.
+fn publishable(kind: JobKind, rows: &[tokio_postgres::Row]) -> Vec<Publishable> {
+    rows.iter()
         .map(|row| Publishable {
             kind,
             id: row.get(0),
             account: AccountId(row.get(1)),
             attempts: row.get(2),
         })
-        .collect())
+        .collect()
 }
 
 fn split(rows: &[Publishable]) -> (Vec<Uuid>, Vec<i32>) {
@@ -173,15 +177,7 @@ pub async fn claim_stale_published(
     let rows = client
         .query(&statement, &[&limit, &secs(lease), &secs(older_than)])
         .await?;
-    Ok(rows
-        .iter()
-        .map(|row| Publishable {
-            kind,
-            id: row.get(0),
-            account: AccountId(row.get(1)),
-            attempts: row.get(2),
-        })
-        .collect())
+    Ok(publishable(kind, &rows))
 }
 
 /// What [`replay`] found.
