@@ -881,6 +881,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs rabbitmq-server, PostgreSQL 15 and root: cargo test -- --include-ignored"]
     async fn a_private_broker_stops_and_starts_its_app_and_is_gone_after_drop() {
         crate::support::init_logs();
         let broker = PrivateBroker::start().await;
@@ -925,6 +926,7 @@ mod tests {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "needs rabbitmq-server, PostgreSQL 15 and root: cargo test -- --include-ignored"]
     async fn a_private_postgres_stops_and_starts_and_is_gone_after_drop() {
         crate::support::init_logs();
         let postgres = PrivatePostgres::start().await;
