@@ -168,8 +168,10 @@ async fn a_worker_process_killed_with_sigkill_mid_stream_loses_nothing() {
         "killed mid-stream ({at_kill} delivered)"
     );
 
+    let killed = std::time::Instant::now();
     app.start_worker();
     app.all_sent(MESSAGES as i64, Duration::from_secs(60)).await;
+    let recovered = killed.elapsed();
 
     // At-least-once: a duplicate only for what the killed worker had in
     // flight, and every call carried its message id.
@@ -187,6 +189,12 @@ async fn a_worker_process_killed_with_sigkill_mid_stream_loses_nothing() {
     assert!(
         duplicates <= usize::from(CONCURRENCY),
         "{duplicates} duplicates; at most {CONCURRENCY} were in flight"
+    );
+    eprintln!(
+        "worker SIGKILL: {MESSAGES} sent, 0 lost, 0 stuck, {duplicates} duplicate provider calls \
+         ({at_kill} delivered before the kill), all sent {recovered:?} after it \
+         (the lease is {:?})",
+        Duration::from_secs(6)
     );
     let sent: Value = app.get_json(&format!("/v1/messages/{}", ids[0])).await;
     assert_eq!(sent["message_status"], "sent");

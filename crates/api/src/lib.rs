@@ -78,6 +78,10 @@ impl AppState {
             &tasks,
             shutdown.clone(),
         );
+        tasks.spawn(kurir_bus::report_broker(
+            vec![publisher.connected()],
+            shutdown.clone(),
+        ));
         let dispatcher = Dispatcher::start(
             pool.clone(),
             publisher.clone(),

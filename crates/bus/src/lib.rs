@@ -13,10 +13,12 @@ mod consumer;
 pub mod dlq;
 mod envelope;
 mod publisher;
+mod report;
 mod topology;
 
 pub use connection::{BusError, connect_once};
 pub use consumer::{Delivery, QueueState, Subscription};
 pub use envelope::{DecodeError, Envelope};
 pub use publisher::{PublishError, Publisher};
+pub use report::report_broker;
 pub use topology::Topology;

@@ -132,6 +132,8 @@ fn init_logging(format: &str) {
 }
 
 /// One token, fired on SIGINT or SIGTERM; a second signal exits at once.
+/// The listener is the one task no `Tasks` owns: it must outlive them all,
+/// so that a second signal still works while they drain.
 fn shutdown_on_signals() -> CancellationToken {
     let token = CancellationToken::new();
     let fired = token.clone();

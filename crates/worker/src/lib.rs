@@ -125,9 +125,8 @@ impl Worker {
             provider_timeout: config.provider.provider_timeout,
         });
         let (consuming_sender, consuming) = watch::channel(false);
-        tasks.spawn(report_broker(
-            publisher.connected(),
-            consuming.clone(),
+        tasks.spawn(kurir_bus::report_broker(
+            vec![publisher.connected(), consuming.clone()],
             shutdown.clone(),
         ));
         tasks.spawn(consume(
@@ -181,40 +180,6 @@ impl Worker {
     /// leases and unacked envelopes are left for others to recover.
     pub fn abort(self) {
         self.tasks.abort();
-    }
-}
-
-/// One line when the worker loses RabbitMQ (its publisher or its consumer),
-/// one when it has both back; the reconnect loops themselves stay quiet
-/// unless the outage lasts.
-async fn report_broker(
-    mut publisher: watch::Receiver<bool>,
-    mut consuming: watch::Receiver<bool>,
-    shutdown: CancellationToken,
-) {
-    let mut was_up = false;
-    let mut lost_at: Option<Instant> = None;
-    loop {
-        let up = *publisher.borrow_and_update() && *consuming.borrow_and_update();
-        if up != was_up {
-            match (up, lost_at.take()) {
-                (true, None) => info!("connected to RabbitMQ; consuming"),
-                (true, Some(at)) => info!(
-                    down_ms = at.elapsed().as_millis() as u64,
-                    "RabbitMQ is back; consuming again"
-                ),
-                (false, _) => {
-                    warn!("lost RabbitMQ; reconnecting (accepted rows wait in Postgres)");
-                    lost_at = Some(Instant::now());
-                }
-            }
-            was_up = up;
-        }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            changed = publisher.changed() => if changed.is_err() { return },
-            changed = consuming.changed() => if changed.is_err() { return },
-        }
     }
 }
 
@@ -351,6 +316,8 @@ impl Run<'_> {
     /// subscription ends, stops getting envelopes, or shutdown.
     async fn read(&self, subscription: &mut Subscription) -> Ended {
         let mut check = tokio::time::interval(CONSUMER_CHECK);
+        // Time spent waiting for a free slot is no reason to look several times.
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.reset();
         let mut ready_before = 0;
         loop {

@@ -1,0 +1,36 @@
+//! One log line when a process loses RabbitMQ, one when it has it back.
+//! The reconnect loops themselves stay quiet unless an outage lasts.
+
+use tokio::{sync::watch, time::Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Watches `links` (each true while that connection is up: a publisher, a
+/// worker's consumer) until `shutdown`: the broker counts as up while all are.
+pub async fn report_broker(mut links: Vec<watch::Receiver<bool>>, shutdown: CancellationToken) {
+    let mut was_up = false;
+    let mut lost_at: Option<Instant> = None;
+    loop {
+        let up = links.iter_mut().all(|link| *link.borrow_and_update());
+        if up != was_up {
+            match (up, lost_at.take()) {
+                (true, None) => info!("connected to RabbitMQ"),
+                (true, Some(at)) => info!(
+                    down_ms = at.elapsed().as_millis() as u64,
+                    "RabbitMQ is back"
+                ),
+                (false, _) => {
+                    warn!("lost RabbitMQ; reconnecting (accepted rows wait in Postgres)");
+                    lost_at = Some(Instant::now());
+                }
+            }
+            was_up = up;
+        }
+        let changed =
+            futures_util::future::select_all(links.iter_mut().map(|link| Box::pin(link.changed())));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            (changed, _, _) = changed => if changed.is_err() { return },
+        }
+    }
+}
