@@ -21,7 +21,7 @@ pub struct Probe {
     /// wait in Postgres); a worker is not.
     pub broker_required: bool,
     /// A worker's consumer: running or not.
-    pub consuming: Option<watch::Receiver<bool>>,
+    pub consuming: Option<watch::Receiver<kurir_bus::LinkState>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -36,7 +36,7 @@ impl Probe {
         let consuming = self
             .consuming
             .as_ref()
-            .is_none_or(|consuming| *consuming.borrow());
+            .is_none_or(|consuming| consuming.borrow().is_ok());
         let rabbitmq = self.publisher.is_connected() && consuming;
         let ready = postgres && (rabbitmq || !self.broker_required);
         let word = |up: bool| if up { "ok" } else { "unavailable" };

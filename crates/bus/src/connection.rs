@@ -98,23 +98,35 @@ pub(crate) fn usable(connection: &Connection, channels: &[&Channel]) -> bool {
     connection.status().connected() && channels.iter().all(|c| c.status().connected())
 }
 
-/// Returns once `connection` (or one of `channels`) is no longer usable: an
-/// error event (the broker closed it, the socket died, a heartbeat was
-/// missed), or a status seen broken at a periodic look. Returns the reason.
-pub(crate) async fn lost(connection: &Connection, channels: &[&Channel]) -> String {
-    let mut events = connection.events_listener();
-    let mut check = tokio::time::interval(HEALTH_CHECK);
-    loop {
-        if !usable(connection, channels) {
-            return "connection or channel closed".into();
-        }
-        tokio::select! {
-            event = events.next() => match event {
-                Some(Event::Error(err)) => return err.to_string(),
-                Some(_) => {}
-                None => return "connection dropped".into(),
-            },
-            _ = check.tick() => {}
+/// Resolves, with the reason, once `connection` (or one of `channels`) is no
+/// longer usable: an error event (the broker closed it, the socket died, a
+/// heartbeat was missed), or a status seen broken at a periodic look. It
+/// holds its own handles, so it can be awaited beside other uses of the
+/// connection's owner.
+pub(crate) fn lost(
+    connection: &Connection,
+    channels: &[&Channel],
+) -> impl std::future::Future<Output = String> + Send + use<> {
+    let status = connection.status().clone();
+    let channels: Vec<Channel> = channels.iter().map(|c| (*c).clone()).collect();
+    // Boxed: lapin's stream type names the connection's borrow, though it
+    // outlives it.
+    let mut events: std::pin::Pin<Box<dyn futures_util::Stream<Item = Event> + Send>> =
+        Box::pin(connection.events_listener());
+    async move {
+        let mut check = tokio::time::interval(HEALTH_CHECK);
+        loop {
+            if !status.connected() || !channels.iter().all(|c| c.status().connected()) {
+                return "connection or channel closed".to_owned();
+            }
+            tokio::select! {
+                event = events.next() => match event {
+                    Some(Event::Error(err)) => return err.to_string(),
+                    Some(_) => {}
+                    None => return "connection dropped".to_owned(),
+                },
+                _ = check.tick() => {}
+            }
         }
     }
 }

@@ -214,9 +214,10 @@ impl Subscription {
         }
     }
 
-    /// Why the connection is no longer usable, once it is not.
-    pub async fn lost(&self) -> String {
-        connection::lost(&self.connection, &[&self.channel]).await
+    /// Resolves, with the reason, once this subscription's connection is no
+    /// longer usable; it can be awaited while the subscription is read.
+    pub fn lost(&self) -> impl std::future::Future<Output = String> + Send + use<> {
+        connection::lost(&self.connection, &[&self.channel])
     }
 
     /// Stops new deliveries; those already received can still be settled.

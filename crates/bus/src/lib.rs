@@ -20,5 +20,5 @@ pub use connection::{BusError, connect_once};
 pub use consumer::{Delivery, QueueState, Subscription};
 pub use envelope::{DecodeError, Envelope};
 pub use publisher::{PublishError, Publisher};
-pub use report::report_broker;
+pub use report::{LinkState, report_broker};
 pub use topology::Topology;

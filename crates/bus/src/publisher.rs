@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::{
-    BusError, Envelope, Topology,
+    BusError, Envelope, LinkState, Topology,
     connection::{self, reconnect_schedule},
     topology::{ROUTE_DELIVER, ROUTE_UNDECODABLE},
 };
@@ -55,7 +55,7 @@ struct Ready {
 pub struct Publisher {
     topology: Topology,
     ready: watch::Receiver<Option<Arc<Ready>>>,
-    up: watch::Receiver<bool>,
+    up: watch::Receiver<LinkState>,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -86,7 +86,7 @@ impl Publisher {
         shutdown: CancellationToken,
     ) -> Self {
         let (sender, ready) = watch::channel(None);
-        let (up_sender, up) = watch::channel(false);
+        let (up_sender, up) = watch::channel(Err("not connected yet".to_owned()));
         let publisher = Self {
             topology: topology.clone(),
             ready,
@@ -114,14 +114,15 @@ impl Publisher {
                 first = false;
                 debug!(connection = %name, "publisher connected");
                 let _ = sender.send(Some(ready.clone()));
-                let _ = up_sender.send(true);
+                let _ = up_sender.send(Ok(()));
                 let channels = [&ready.channel];
                 let lost = tokio::select! {
                     () = shutdown.cancelled() => None,
                     why = connection::lost(&ready.connection, &channels) => Some(why),
                 };
                 let _ = sender.send(None);
-                let _ = up_sender.send(false);
+                let why = lost.clone().unwrap_or_else(|| "shutting down".into());
+                let _ = up_sender.send(Err(why));
                 match lost {
                     None => {
                         connection::close(&ready.connection, "shutting down").await;
@@ -170,9 +171,9 @@ impl Publisher {
         }
     }
 
-    /// A watch that is true while the publisher is connected (for whoever
-    /// reports the broker's state).
-    pub fn connected(&self) -> watch::Receiver<bool> {
+    /// The publisher's connection, up or down and why (for whoever reports
+    /// the broker's state).
+    pub fn connected(&self) -> watch::Receiver<LinkState> {
         self.up.clone()
     }
 

@@ -2,16 +2,26 @@
 //! The reconnect loops themselves stay quiet unless an outage lasts.
 
 use tokio::{sync::watch, time::Instant};
+
+/// One connection to RabbitMQ (a publisher, a worker's consumer): up, or
+/// down and why.
+pub type LinkState = Result<(), String>;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-/// Watches `links` (each true while that connection is up: a publisher, a
-/// worker's consumer) until `shutdown`: the broker counts as up while all are.
-pub async fn report_broker(mut links: Vec<watch::Receiver<bool>>, shutdown: CancellationToken) {
+/// Watches `links` until `shutdown`: the broker counts as up while all are.
+pub async fn report_broker(
+    mut links: Vec<watch::Receiver<LinkState>>,
+    shutdown: CancellationToken,
+) {
     let mut was_up = false;
     let mut lost_at: Option<Instant> = None;
     loop {
-        let up = links.iter_mut().all(|link| *link.borrow_and_update());
+        let states: Vec<LinkState> = links
+            .iter_mut()
+            .map(|link| link.borrow_and_update().clone())
+            .collect();
+        let up = states.iter().all(Result::is_ok);
         if up != was_up {
             match (up, lost_at.take()) {
                 (true, None) => info!("connected to RabbitMQ"),
@@ -20,7 +30,11 @@ pub async fn report_broker(mut links: Vec<watch::Receiver<bool>>, shutdown: Canc
                     "RabbitMQ is back"
                 ),
                 (false, _) => {
-                    warn!("lost RabbitMQ; reconnecting (accepted rows wait in Postgres)");
+                    let reason = states
+                        .iter()
+                        .find_map(|s| s.clone().err())
+                        .unwrap_or_default();
+                    warn!(%reason, "lost RabbitMQ; reconnecting (accepted rows wait in Postgres)");
                     lost_at = Some(Instant::now());
                 }
             }

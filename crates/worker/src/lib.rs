@@ -16,7 +16,7 @@ pub mod retry;
 
 use std::{sync::Arc, time::Duration};
 
-use kurir_bus::{BusError, Publisher, QueueState, Subscription, Topology};
+use kurir_bus::{BusError, LinkState, Publisher, QueueState, Subscription, Topology};
 use kurir_core::{
     config::{BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs},
     runtime::{Reconnect, Tasks},
@@ -50,7 +50,7 @@ pub struct WorkerError(pub String);
 pub struct Worker {
     pool: Pool,
     publisher: Publisher,
-    consuming: watch::Receiver<bool>,
+    consuming: watch::Receiver<LinkState>,
     tasks: Tasks,
 }
 
@@ -124,7 +124,7 @@ impl Worker {
             db_timeout: config.database.db_timeout,
             provider_timeout: config.provider.provider_timeout,
         });
-        let (consuming_sender, consuming) = watch::channel(false);
+        let (consuming_sender, consuming) = watch::channel(Err("not consuming yet".to_owned()));
         tasks.spawn(kurir_bus::report_broker(
             vec![publisher.connected(), consuming.clone()],
             shutdown.clone(),
@@ -165,8 +165,8 @@ impl Worker {
         &self.tasks
     }
 
-    /// True while the consumer is running (for readiness).
-    pub fn consuming(&self) -> watch::Receiver<bool> {
+    /// The consumer's state (readiness needs it up).
+    pub fn consuming(&self) -> watch::Receiver<LinkState> {
         self.consuming.clone()
     }
 
@@ -203,7 +203,7 @@ pub fn attached(state: Option<QueueState>, idle_all_period: bool, ready_before: 
 /// How a subscription ended.
 enum Ended {
     Shutdown,
-    Lost,
+    Lost(String),
     Detached,
 }
 
@@ -216,7 +216,7 @@ async fn consume(
     config: Config,
     topology: Topology,
     deliverer: Arc<Deliverer>,
-    consuming: watch::Sender<bool>,
+    consuming: watch::Sender<LinkState>,
     tasks: Tasks,
     shutdown: CancellationToken,
 ) {
@@ -262,18 +262,23 @@ async fn consume(
         };
         reconnect.succeeded();
         first = false;
-        consuming.send_replace(true);
+        let _previous = consuming.send_replace(Ok(()));
         let ended = run.read(&mut subscription).await;
-        consuming.send_replace(false);
-        match ended {
-            Ended::Shutdown => break Some(subscription),
-            Ended::Lost => {
-                debug!("consumer connection lost; replacing it");
+        let why = match ended {
+            Ended::Shutdown => {
+                let _previous = consuming.send_replace(Err("shutting down".into()));
+                break Some(subscription);
+            }
+            Ended::Lost(why) => {
+                debug!(reason = %why, "consumer connection lost; replacing it");
+                why
             }
             Ended::Detached => {
                 warn!("this worker's consumer no longer gets its queue's envelopes; reconnecting");
+                "the consumer was detached from its queue".to_owned()
             }
-        }
+        };
+        let _previous = consuming.send_replace(Err(why));
         subscription.close("reconnecting").await;
         if !reconnect.pause(&shutdown).await {
             break None;
@@ -320,9 +325,12 @@ impl Run<'_> {
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.reset();
         let mut ready_before = 0;
+        let lost = subscription.lost();
+        tokio::pin!(lost);
         loop {
             let permit = tokio::select! {
                 () = self.shutdown.cancelled() => return Ended::Shutdown,
+                why = &mut lost => return Ended::Lost(why),
                 permit = self.slots.clone().acquire_owned() => match permit {
                     Ok(permit) => permit,
                     Err(_) => return Ended::Shutdown,
@@ -332,6 +340,7 @@ impl Run<'_> {
             let delivery = loop {
                 tokio::select! {
                     () = self.shutdown.cancelled() => return Ended::Shutdown,
+                    why = &mut lost => return Ended::Lost(why),
                     _ = check.tick() => {
                         let state = subscription.queue_state().await;
                         let idle = idle_since.elapsed() >= CONSUMER_CHECK;
@@ -342,7 +351,7 @@ impl Run<'_> {
                     }
                     delivery = subscription.next() => match delivery {
                         Some(delivery) => break delivery,
-                        None => return Ended::Lost,
+                        None => return Ended::Lost("the broker ended the consumer".into()),
                     },
                 }
             };
