@@ -41,9 +41,14 @@ pub(crate) fn describe(url: &str) -> Result<String, BusError> {
 }
 
 /// The schedule every RabbitMQ reconnect loop uses.
-pub(crate) fn reconnect_schedule() -> Reconnect {
+pub fn reconnect_schedule() -> Reconnect {
     Reconnect::new(Duration::from_millis(100), Duration::from_secs(5))
 }
+
+/// A connection that stayed up this long counts as a success (the reconnect
+/// schedule starts again from its first delay); one lost sooner does not, so
+/// a broker that accepts and drops connections is not hammered.
+pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One connection attempt, bounded in time. `name` shows in the management UI.
 pub async fn connect_once(url: &str, name: &str) -> Result<Connection, BusError> {

@@ -15,6 +15,9 @@ use crate::{
     publisher::{PARKED_AT_HEADER, REASON_HEADER},
 };
 
+/// How long one step against the broker may take.
+const STEP: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One dead-lettered envelope.
 pub struct DeadLetter {
     /// The envelope's id (its row's id) for envelopes kurir published, else
@@ -131,8 +134,15 @@ impl DeadLetters {
     /// Connects once (an operator command: a clear error beats retrying).
     pub async fn open(url: &str, topology: &Topology) -> Result<Self, BusError> {
         let connection = connection::connect_once(url, "kurir-dlq").await?;
-        let channel = connection.create_channel().await?;
-        topology.declare(&channel).await?;
+        let setup = async {
+            let channel = connection.create_channel().await?;
+            topology.declare(&channel).await?;
+            Ok::<_, BusError>(channel)
+        };
+        let channel = match tokio::time::timeout(STEP, setup).await {
+            Ok(channel) => channel?,
+            Err(_) => return Err(BusError::Timeout(STEP)),
+        };
         Ok(Self {
             connection,
             channel,
@@ -145,13 +155,14 @@ impl DeadLetters {
     pub async fn fetch(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let mut letters = Vec::new();
         while letters.len() < limit {
-            let got = self
-                .channel
-                .basic_get(
-                    self.queue.as_str().into(),
-                    BasicGetOptions { no_ack: false },
-                )
-                .await?;
+            let get = self.channel.basic_get(
+                self.queue.as_str().into(),
+                BasicGetOptions { no_ack: false },
+            );
+            let got = match tokio::time::timeout(STEP, get).await {
+                Ok(got) => got?,
+                Err(_) => return Err(BusError::Timeout(STEP)),
+            };
             let Some(message) = got else { break };
             let delivery = message.delivery;
             let (reason, deaths, first_death) = death_of(&delivery.properties);
@@ -177,7 +188,10 @@ impl DeadLetters {
 
     /// Removes a dead letter for good (its row was re-driven, or needs nothing).
     pub async fn remove(&self, letter: &DeadLetter) -> Result<bool, BusError> {
-        Ok(letter.acker.ack(BasicAckOptions::default()).await?)
+        match tokio::time::timeout(STEP, letter.acker.ack(BasicAckOptions::default())).await {
+            Ok(acked) => Ok(acked?),
+            Err(_) => Err(BusError::Timeout(STEP)),
+        }
     }
 
     /// Closes the connection; dead letters not removed go back to the queue.

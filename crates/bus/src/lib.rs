@@ -16,7 +16,7 @@ mod publisher;
 mod report;
 mod topology;
 
-pub use connection::{BusError, connect_once};
+pub use connection::{BusError, STABLE_AFTER, connect_once, reconnect_schedule};
 pub use consumer::{Delivery, QueueState, Subscription};
 pub use envelope::{DecodeError, Envelope};
 pub use publisher::{PublishError, Publisher};

@@ -48,6 +48,8 @@ pub enum PublishError {
 struct Ready {
     connection: Connection,
     channel: Channel,
+    /// For looking at the queue (a failed look must not close `channel`).
+    check: Channel,
 }
 
 /// Cheap to clone; all clones share one connection and channel.
@@ -110,8 +112,8 @@ impl Publisher {
                         continue;
                     }
                 };
-                reconnect.succeeded();
                 first = false;
+                let connected_at = tokio::time::Instant::now();
                 debug!(connection = %name, "publisher connected");
                 let _ = sender.send(Some(ready.clone()));
                 let _ = up_sender.send(Ok(()));
@@ -133,6 +135,12 @@ impl Publisher {
                         connection::close(&ready.connection, "reconnecting").await;
                     }
                 }
+                if connected_at.elapsed() >= connection::STABLE_AFTER {
+                    reconnect.succeeded();
+                }
+                if !reconnect.pause(&shutdown).await {
+                    return;
+                }
             }
         });
         publisher
@@ -153,12 +161,14 @@ impl Publisher {
                 .confirm_select(ConfirmSelectOptions::default())
                 .await?;
             topology.declare(&channel).await?;
-            Ok::<_, BusError>(channel)
+            let check = connection.create_channel().await?;
+            Ok::<_, BusError>((channel, check))
         };
         match tokio::time::timeout(BATCH_DEADLINE, setup).await {
-            Ok(Ok(channel)) => Ok(Ready {
+            Ok(Ok((channel, check))) => Ok(Ready {
                 connection,
                 channel,
+                check,
             }),
             Ok(Err(err)) => {
                 connection::close(&connection, "setup failed").await;
@@ -196,6 +206,29 @@ impl Publisher {
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// Envelopes waiting in `{p}.deliveries` for a consumer (not counting
+    /// those delivered and not yet acked); `None` if it cannot be told now.
+    pub async fn deliveries_waiting(&self) -> Option<u32> {
+        let check = self
+            .ready
+            .borrow()
+            .as_ref()
+            .map(|ready| ready.check.clone())?;
+        let options = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..lapin::options::QueueDeclareOptions::default()
+        };
+        let look = check.queue_declare(
+            self.topology.deliveries().into(),
+            options,
+            FieldTable::default(),
+        );
+        match tokio::time::timeout(BATCH_DEADLINE, look).await {
+            Ok(Ok(queue)) => Some(queue.message_count()),
+            _ => None,
+        }
     }
 
     fn channel(&self) -> Result<Channel, PublishError> {

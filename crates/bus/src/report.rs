@@ -17,6 +17,10 @@ pub async fn report_broker(
     let mut was_up = false;
     let mut lost_at: Option<Instant> = None;
     loop {
+        if shutdown.is_cancelled() {
+            // Links going down because of it are no news.
+            return;
+        }
         let states: Vec<LinkState> = links
             .iter_mut()
             .map(|link| link.borrow_and_update().clone())
@@ -43,6 +47,7 @@ pub async fn report_broker(
         let changed =
             futures_util::future::select_all(links.iter_mut().map(|link| Box::pin(link.changed())));
         tokio::select! {
+            biased;
             () = shutdown.cancelled() => return,
             (changed, _, _) = changed => if changed.is_err() { return },
         }

@@ -130,6 +130,15 @@ impl Topology {
                 None,
             ),
         ];
+        // Before dead letters went to `{p}.dead`, kurir kept a `{p}.redeliver`
+        // queue bound for them: an old one would go on filling up unread.
+        // (Deleting a queue that does not exist is fine.)
+        channel
+            .queue_delete(
+                format!("{}.redeliver", self.prefix).into(),
+                QueueDeleteOptions::default(),
+            )
+            .await?;
         for (name, exchange, route, dlx) in bindings {
             channel
                 .queue_declare(name.as_str().into(), queue, Self::quorum(dlx))

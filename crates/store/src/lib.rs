@@ -60,7 +60,12 @@ impl From<tokio_postgres::Error> for StoreError {
             let code = code.code();
             // 08: connection exception, 53: insufficient resources,
             // 57: operator intervention (shutdown, statement timeout)
-            if code.starts_with("08") || code.starts_with("53") || code.starts_with("57") {
+            // 25006: read-only transaction (a standby, mid-failover)
+            if code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57")
+                || code == "25006"
+            {
                 return StoreError::Unavailable(db.message().to_owned());
             }
             return StoreError::Database(err);

@@ -41,23 +41,42 @@ async fn listen_once(
     wake: &Notify,
     reconnect: &mut Reconnect,
     shutdown: &CancellationToken,
-) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = config.connect(NoTls).await?;
-    let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
-    let sql = format!("LISTEN {channel}");
-    let listen = client.batch_execute(&sql);
-    // The LISTEN completes only while the connection is being driven.
-    tokio::pin!(listen);
-    loop {
-        tokio::select! {
-            result = &mut listen => { result?; break; }
-            message = messages.next() => match message {
-                Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(err),
-                None => return Ok(()),
-            },
+) -> Result<(), String> {
+    let setup = async {
+        let (client, mut connection) = config.connect(NoTls).await?;
+        let mut messages = stream::poll_fn(move |cx| connection.poll_message(cx));
+        let sql = format!("LISTEN {channel}");
+        {
+            let listen = client.batch_execute(&sql);
+            // The LISTEN completes only while the connection is being driven.
+            tokio::pin!(listen);
+            loop {
+                tokio::select! {
+                    result = &mut listen => { result?; break; }
+                    message = messages.next() => match message {
+                        Some(Ok(_)) => {}
+                        Some(Err(err)) => return Err(err),
+                        None => break,
+                    },
+                }
+            }
         }
-    }
+        Ok((client, messages))
+    };
+    // A server that accepts the connection and then stalls must not hold
+    // the listener (nor, through it, the worker's shutdown).
+    let limit = config
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(Duration::from_secs(10));
+    let (_client, mut messages) = tokio::select! {
+        () = shutdown.cancelled() => return Ok(()),
+        setup = tokio::time::timeout(limit, setup) => match setup {
+            Ok(Ok(ready)) => ready,
+            Ok(Err(err)) => return Err(err.to_string()),
+            Err(_) => return Err(format!("no LISTEN within {limit:?}")),
+        },
+    };
     reconnect.succeeded();
     wake.notify_one();
     loop {
@@ -69,7 +88,7 @@ async fn listen_once(
                 Some(Ok(_)) => {}
                 Some(Err(err)) => {
                     warn!(error = %err, "relay listener connection failed");
-                    return Err(err);
+                    return Err(err.to_string());
                 }
                 None => return Ok(()),
             },

@@ -166,9 +166,9 @@ pub async fn claim_stale_published(
          WHERE id IN (
              SELECT id FROM {t}
              WHERE state = 'queued' AND published
-               AND published_at < now() - make_interval(secs => $3)
+               AND (published_at IS NULL OR published_at < now() - make_interval(secs => $3))
                AND (publish_lease_until IS NULL OR publish_lease_until < now())
-             ORDER BY published_at
+             ORDER BY published_at NULLS FIRST
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
          RETURNING id, account_id, attempts"

@@ -19,7 +19,7 @@ use std::{sync::Arc, time::Duration};
 use kurir_bus::{BusError, LinkState, Publisher, QueueState, Subscription, Topology};
 use kurir_core::{
     config::{BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs},
-    runtime::{Reconnect, Tasks},
+    runtime::Tasks,
 };
 use kurir_store::PgPool as Pool;
 use kurir_store::{listen, pipeline};
@@ -52,6 +52,8 @@ pub struct Worker {
     publisher: Publisher,
     consuming: watch::Receiver<LinkState>,
     tasks: Tasks,
+    /// How long [`Worker::wait`] waits before it stops what is left.
+    stop_limit: Duration,
 }
 
 impl std::fmt::Debug for Worker {
@@ -148,6 +150,10 @@ impl Worker {
             publisher,
             consuming,
             tasks,
+            // The grace, the releases after it, and closing connections.
+            stop_limit: config.pipeline.shutdown_grace
+                + config.database.db_timeout
+                + Duration::from_secs(10),
         })
     }
 
@@ -170,9 +176,20 @@ impl Worker {
         self.consuming.clone()
     }
 
-    /// Waits for the worker to stop after its shutdown token fired.
+    /// Waits for the worker to stop after its shutdown token fired. Tasks
+    /// still running well past the grace period (a stalled dependency, a
+    /// health check holding its connection open) are stopped.
     pub async fn wait(self) {
-        self.tasks.wait().await;
+        if tokio::time::timeout(self.stop_limit, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(
+                left = self.tasks.len(),
+                "tasks still running well after the grace period; stopping them"
+            );
+            self.tasks.abort();
+        }
         self.pool.close();
     }
 
@@ -226,7 +243,7 @@ async fn consume(
     // Fired when the shutdown grace ends: deliveries still waiting for their
     // provider give their rows back.
     let cut_off = CancellationToken::new();
-    let mut reconnect = Reconnect::new(Duration::from_millis(100), Duration::from_secs(5));
+    let mut reconnect = kurir_bus::reconnect_schedule();
     let mut first = true;
     let run = Run {
         slots: &slots,
@@ -260,8 +277,8 @@ async fn consume(
                 continue;
             }
         };
-        reconnect.succeeded();
         first = false;
+        let connected_at = Instant::now();
         let _previous = consuming.send_replace(Ok(()));
         let ended = run.read(&mut subscription).await;
         let why = match ended {
@@ -280,6 +297,9 @@ async fn consume(
         };
         let _previous = consuming.send_replace(Err(why));
         subscription.close("reconnecting").await;
+        if connected_at.elapsed() >= kurir_bus::STABLE_AFTER {
+            reconnect.succeeded();
+        }
         if !reconnect.pause(&shutdown).await {
             break None;
         }
