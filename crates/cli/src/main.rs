@@ -284,18 +284,13 @@ fn worker_config(command: WorkerCommand) -> kurir_worker::Config {
     }
 }
 
-fn serve_api(
-    config: kurir_api::Config,
-    shutdown: CancellationToken,
-) -> impl std::future::Future<Output = Result<(), Failure>> {
-    async move {
-        kurir_api::run(config, shutdown)
-            .await
-            .map_err(|err| match err {
-                kurir_api::RunError::Config(message) => Failure::Config(message),
-                kurir_api::RunError::Failed(message) => Failure::Runtime(message),
-            })
-    }
+async fn serve_api(config: kurir_api::Config, shutdown: CancellationToken) -> Result<(), Failure> {
+    kurir_api::run(config, shutdown)
+        .await
+        .map_err(|err| match err {
+            kurir_api::RunError::Config(message) => Failure::Config(message),
+            kurir_api::RunError::Failed(message) => Failure::Runtime(message),
+        })
 }
 
 /// Starts a worker and its health endpoints (bound first: a worker that
