@@ -57,8 +57,8 @@ pub fn kurir(args: &[&str], env: &[(String, String)]) -> Command {
             command.env_remove(key);
         }
     }
+    command.env("RUST_LOG", "warn,lapin=off");
     command.envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    command.env("RUST_LOG", "warn");
     command.kill_on_drop(true);
     command
 }

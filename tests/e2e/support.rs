@@ -40,7 +40,7 @@ fn base_database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
-fn amqp_url() -> String {
+pub fn amqp_url() -> String {
     std::env::var("AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
@@ -55,6 +55,11 @@ fn pg_config_on(server: &str, dbname: &str) -> tokio_postgres::Config {
         .dbname(dbname)
         .connect_timeout(Duration::from_secs(5));
     config
+}
+
+/// The URL of database `dbname` on the machine's Postgres.
+pub fn database_url(dbname: &str) -> String {
+    url_on(&base_database_url(), dbname)
 }
 
 fn url_on(server: &str, dbname: &str) -> String {

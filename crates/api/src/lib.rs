@@ -193,18 +193,29 @@ pub async fn serve(
     server::serve(app(state), listener, timeouts, shutdown).await
 }
 
+/// Why `kurir api` stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// A setting it cannot start with (the address is taken, a bad URL).
+    #[error("{0}")]
+    Config(String),
+    /// The server failed while running.
+    #[error("{0}")]
+    Failed(String),
+}
+
 /// `kurir api`: bind `KURIR_API_ADDR` and serve.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), String> {
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
     // Bind first: nothing is started (no broker connection) if the address is taken.
     let listener = tokio::net::TcpListener::bind(config.api.api_addr)
         .await
         .map_err(|err| {
-            format!(
+            RunError::Config(format!(
                 "cannot listen on KURIR_API_ADDR={}: {err}",
                 config.api.api_addr
-            )
+            ))
         })?;
-    let state = AppState::new(&config, &shutdown)?;
+    let state = AppState::new(&config, &shutdown).map_err(RunError::Config)?;
     let tasks = state.tasks.clone();
     let mut server = tasks.spawn(serve(state, listener, shutdown.clone()));
     let grace = config.pipeline.shutdown_grace;
@@ -225,5 +236,5 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Stri
         );
         tasks.abort();
     }
-    served.map_err(|err| format!("api server failed: {err}"))
+    served.map_err(|err| RunError::Failed(format!("api server failed: {err}")))
 }

@@ -78,6 +78,15 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
+    serve_on(listener, probe, shutdown).await
+}
+
+/// Serves the operator endpoints on a bound `listener` until `shutdown`.
+pub async fn serve_on(
+    listener: tokio::net::TcpListener,
+    probe: Probe,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
     axum::serve(listener, router(probe))
         .with_graceful_shutdown(async move { shutdown.cancelled().await })
         .await

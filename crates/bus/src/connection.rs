@@ -27,16 +27,51 @@ pub enum BusError {
     ShutDown,
     #[error("RabbitMQ did not answer within {0:?}")]
     Timeout(Duration),
+    /// A connection attempt failed; the text says what to check.
+    #[error("{0}")]
+    Connect(String),
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
+}
+
+impl BusError {
+    /// A wrong password, user or vhost: retrying will not help until the
+    /// setting is fixed (the caller may still retry, and say so now and then).
+    pub fn is_refused(&self) -> bool {
+        matches!(self, BusError::Connect(text) if text.contains("check AMQP_URL"))
+    }
+}
+
+/// What a failed connection attempt means for whoever set AMQP_URL.
+fn explain_connect(err: &lapin::Error, target: &str) -> String {
+    let text = err.to_string();
+    if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") {
+        format!(
+            "RabbitMQ at {target} refused the login: access refused, check AMQP_URL credentials"
+        )
+    } else if text.contains("NOT_ALLOWED") && text.contains("vhost") {
+        format!(
+            "RabbitMQ at {target}: the vhost does not exist or the user may not use it, check AMQP_URL's vhost (the default one is %2f): {text}"
+        )
+    } else if text.contains("Connection refused") {
+        format!(
+            "nothing accepts connections at {target} (is RabbitMQ running? check AMQP_URL's host and port)"
+        )
+    } else {
+        format!("cannot connect to RabbitMQ at {target}: {text}")
+    }
 }
 
 /// `host:port/vhost` of an AMQP URL, without credentials, for logs.
 pub(crate) fn describe(url: &str) -> Result<String, BusError> {
     let uri: AMQPUri = url.parse().map_err(BusError::BadUrl)?;
+    let vhost = match uri.vhost.as_str() {
+        "/" => String::new(),
+        other => format!(" (vhost {other})"),
+    };
     Ok(format!(
-        "{}:{}/{}",
-        uri.authority.host, uri.authority.port, uri.vhost
+        "{}:{}{vhost}",
+        uri.authority.host, uri.authority.port
     ))
 }
 
@@ -52,10 +87,11 @@ pub const STABLE_AFTER: Duration = Duration::from_secs(10);
 
 /// One connection attempt, bounded in time. `name` shows in the management UI.
 pub async fn connect_once(url: &str, name: &str) -> Result<Connection, BusError> {
-    describe(url)?;
+    let target = describe(url)?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
-        Ok(connection) => Ok(connection?),
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(err)) => Err(BusError::Connect(explain_connect(&err, &target))),
         Err(_) => Err(BusError::Timeout(CONNECT_TIMEOUT)),
     }
 }
@@ -72,7 +108,7 @@ pub(crate) async fn connect(
     first: bool,
     shutdown: &CancellationToken,
 ) -> Result<Connection, BusError> {
-    let target = describe(url)?;
+    describe(url)?;
     loop {
         let result = tokio::select! {
             () = shutdown.cancelled() => return Err(BusError::ShutDown),
@@ -84,10 +120,17 @@ pub(crate) async fn connect(
             Err(err) => {
                 let delay = reconnect.failed();
                 let failures = reconnect.failures();
-                if (first && failures == 1) || failures.is_multiple_of(10) {
-                    warn!(rabbitmq = %target, connection = name, error = %err, failures, "cannot connect to RabbitMQ; retrying");
+                // A refused login is said at once and then now and then: it
+                // needs a person, not patience.
+                let worth = if err.is_refused() {
+                    failures == 1 || failures.is_multiple_of(10)
                 } else {
-                    debug!(rabbitmq = %target, connection = name, error = %err, failures, "cannot connect to RabbitMQ; retrying");
+                    (first && failures == 1) || failures.is_multiple_of(10)
+                };
+                if worth {
+                    warn!(connection = name, failures, "{err}; retrying");
+                } else {
+                    debug!(connection = name, failures, "{err}; retrying");
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return Err(BusError::ShutDown),

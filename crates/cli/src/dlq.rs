@@ -93,20 +93,8 @@ async fn list(letters: &DeadLetters) -> Result<(), Error> {
             ]
         })
         .collect();
-    let header = ["ID", "KIND", "REASON", "DEATHS", "FIRST_DEATH"].map(str::to_owned);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    for row in std::iter::once(&header).chain(&rows) {
-        let line: Vec<String> = row
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", line.join("  ").trim_end());
+    for line in crate::table(["ID", "KIND", "REASON", "DEATHS", "FIRST_DEATH"], &rows) {
+        println!("{line}");
     }
     tracing::info!(count = rows.len(), "dead letters listed");
     Ok(())

@@ -2,14 +2,15 @@
 //! environment), sets up logging and signals, and calls into the crates that
 //! do the work. Nothing else lives here.
 
+mod checks;
 mod dlq;
+mod keys;
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use kurir_core::{
-    apikey::ApiKey,
-    config::{ApiArgs, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs},
+use kurir_core::config::{
+    ApiArgs, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -20,7 +21,7 @@ use tracing::{error, info, warn};
     version,
     about = "WhatsApp messaging at volume: HTTP API, RabbitMQ, workers, Postgres"
 )]
-struct Cli {
+pub(crate) struct Cli {
     /// Log format: text or json.
     #[arg(long, env = "KURIR_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     log_format: String,
@@ -50,7 +51,7 @@ enum Command {
     /// Manage API keys.
     Keys {
         #[command(subcommand)]
-        command: KeysCommand,
+        command: keys::KeysCommand,
         #[command(flatten)]
         database: DatabaseArgs,
     },
@@ -100,30 +101,19 @@ struct WorkerCommand {
     own: WorkerOnly,
 }
 
-#[derive(Debug, Subcommand)]
-enum KeysCommand {
-    /// Create the account if needed and a key for it; prints the key alone on stdout.
-    Create {
-        /// The account's name.
-        #[arg(long)]
-        account: String,
-        /// Use this key instead of a random one (kurir_<id>_<secret>), e.g. a
-        /// fixed demo key. Creating the same key again is a no-op.
-        #[arg(long, env = "KURIR_NEW_KEY", hide_env_values = true)]
-        key: Option<String>,
-    },
-    /// Revoke a key by its id (the part after `kurir_`, as `keys list` shows).
-    Revoke { key_id: String },
-    /// List keys: id, account, created, revoked.
-    List,
-}
-
 fn init_logging(format: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,lapin=off,tower_http=warn"));
+    // lapin and deadpool speak for themselves at every retry; kurir says
+    // what happened once, with the reason. RUST_LOG overrides this.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(
+            "info,lapin=off,deadpool=error,tokio_postgres=warn,refinery_core=warn,tower_http=warn",
+        )
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Colours for a person at a terminal, none for a log collector.
+        .with_ansi(std::io::stderr().is_terminal());
     if format == "json" {
         builder.json().init();
     } else {
@@ -171,46 +161,10 @@ async fn wait_for_signal() {
     }
 }
 
-/// clap names the flag of a bad value; settings mostly come from the
-/// environment, so name its variable too.
-fn explain(err: clap::Error) -> clap::Error {
-    use clap::{CommandFactory, error::ContextKind, error::ContextValue};
-    let Some(ContextValue::String(arg)) = err.get(ContextKind::InvalidArg) else {
-        return err;
-    };
-    let long = arg
-        .trim_start_matches("--")
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_owned();
-    let command = Cli::command();
-    let env = std::iter::once(&command)
-        .chain(command.get_subcommands())
-        .flat_map(|c| {
-            c.get_arguments()
-                .chain(c.get_subcommands().flat_map(|s| s.get_arguments()))
-        })
-        .find(|a| a.get_long() == Some(long.as_str()))
-        .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()));
-    match env {
-        Some(env) if std::env::var_os(&env).is_some() => {
-            let mut command = Cli::command();
-            let message = err.to_string();
-            let first = message
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim_start_matches("error: ");
-            command.error(err.kind(), format!("{first} (set by {env})"))
-        }
-        _ => err,
-    }
-}
-
 fn main() -> ExitCode {
-    let cli = Cli::try_parse().unwrap_or_else(|err| explain(err).exit());
+    let cli = checks::parse();
     init_logging(&cli.log_format);
+    let json_logs = cli.log_format == "json";
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -222,39 +176,62 @@ fn main() -> ExitCode {
     tracing::debug!("stopped");
     // Don't wait on stray blocking tasks (a DNS lookup, a driver thread).
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(Failure::Config(message)) => {
-            eprintln!("error: {message}");
-            ExitCode::from(2)
-        }
-        Err(Failure::Runtime(message)) => {
-            error!("{message}");
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
+    let (code, message) = match result {
+        Ok(()) => return ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => (2, message),
+        Err(Failure::Runtime(message)) => (1, message),
+    };
+    // One line: a log line for a log collector, a plain one for a person.
+    if json_logs {
+        error!(exit_code = code, "{message}");
+    } else {
+        eprintln!("error: {message}");
     }
+    ExitCode::from(code)
 }
 
-/// Bad settings exit 2, failures at run time 1.
-enum Failure {
+/// Configuration mistakes (a setting, a missing database, an address in use)
+/// exit 2; failures at run time exit 1.
+pub(crate) enum Failure {
     Config(String),
     Runtime(String),
+}
+
+/// Rows aligned under their headers, like `docker ps`.
+pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Vec<String> {
+    let mut widths = header.map(str::len);
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header = header.map(str::to_owned);
+    std::iter::once(&header)
+        .chain(rows)
+        .map(|row| {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(widths)
+                .map(|(cell, width)| format!("{cell:<width$}"))
+                .collect();
+            cells.join("   ").trim_end().to_owned()
+        })
+        .collect()
 }
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Migrate { database } => migrate(&database).await,
         Command::Api(api) => {
+            checks::database(&api.database).await?;
             let shutdown = shutdown_on_signals();
-            kurir_api::run(api_config(api), shutdown)
-                .await
-                .map_err(Failure::Runtime)
+            serve_api(api_config(api), shutdown).await
         }
         Command::Worker(command) => {
+            checks::database(&command.database).await?;
             let shutdown = shutdown_on_signals();
             let config = worker_config(command);
-            let worker = start_worker(config, &shutdown)?;
+            let worker = start_worker(config, &shutdown).await?;
             worker.wait().await;
             Ok(())
         }
@@ -267,13 +244,13 @@ async fn run(command: Command) -> Result<(), Failure> {
                 pipeline: api.pipeline.clone(),
                 own: worker,
             });
-            let worker = start_worker(worker_config, &shutdown)?;
-            let served = kurir_api::run(api_config(api), shutdown.clone()).await;
+            let worker = start_worker(worker_config, &shutdown).await?;
+            let served = serve_api(api_config(api), shutdown.clone()).await;
             shutdown.cancel();
             worker.wait().await;
-            served.map_err(Failure::Runtime)
+            served
         }
-        Command::Keys { command, database } => keys(command, &database).await,
+        Command::Keys { command, database } => keys::run(command, &database).await,
         Command::Dlq {
             command,
             database,
@@ -307,12 +284,30 @@ fn worker_config(command: WorkerCommand) -> kurir_worker::Config {
     }
 }
 
-/// Starts a worker and its health endpoints.
-fn start_worker(
+async fn serve_api(config: kurir_api::Config, shutdown: CancellationToken) -> Result<(), Failure> {
+    kurir_api::run(config, shutdown)
+        .await
+        .map_err(|err| match err {
+            kurir_api::RunError::Config(message) => Failure::Config(message),
+            kurir_api::RunError::Failed(message) => Failure::Runtime(message),
+        })
+}
+
+/// Starts a worker and its health endpoints (bound first: a worker that
+/// cannot serve them does not start).
+async fn start_worker(
     config: kurir_worker::Config,
     shutdown: &CancellationToken,
 ) -> Result<kurir_worker::Worker, Failure> {
     let addr = config.worker.worker_metrics_addr;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| {
+        Failure::Config(format!(
+            "cannot listen on KURIR_WORKER_METRICS_ADDR={addr}: {err} (each worker on a host needs its own address, or port 0)"
+        ))
+    })?;
+    if let Ok(bound) = listener.local_addr() {
+        info!(addr = %bound, "worker health endpoints listening");
+    }
     let db_timeout = config.database.db_timeout;
     let worker = kurir_worker::Worker::start(config, shutdown.clone())
         .map_err(|err| Failure::Config(err.0))?;
@@ -325,8 +320,8 @@ fn start_worker(
     };
     let shutdown = shutdown.clone();
     worker.tasks().spawn(async move {
-        if let Err(err) = kurir_api::ops::serve(addr, probe, shutdown).await {
-            error!(%addr, error = %err, "cannot serve the worker's health endpoints (KURIR_WORKER_METRICS_ADDR)");
+        if let Err(err) = kurir_api::ops::serve_on(listener, probe, shutdown).await {
+            error!(%addr, error = %err, "the worker's health endpoints failed (KURIR_WORKER_METRICS_ADDR)");
         }
     });
     Ok(worker)
@@ -334,94 +329,19 @@ fn start_worker(
 
 async fn migrate(database: &DatabaseArgs) -> Result<(), Failure> {
     let config = kurir_store::pg_config(database).map_err(Failure::Config)?;
+    let name = config.get_dbname().unwrap_or("").to_owned();
+    let total = kurir_store::migrate::latest_version();
     match kurir_store::migrate::run(&config).await {
+        Ok(0) => {
+            info!("database \"{name}\" is up to date ({total} migrations)");
+            Ok(())
+        }
         Ok(applied) => {
-            info!(applied, "database is up to date");
+            info!(
+                "database \"{name}\": applied {applied} migrations, now up to date ({total} migrations)"
+            );
             Ok(())
         }
         Err(err) => Err(Failure::Runtime(format!("migration failed: {err}"))),
-    }
-}
-
-async fn keys(command: KeysCommand, database: &DatabaseArgs) -> Result<(), Failure> {
-    let pool = kurir_store::pool(database).map_err(Failure::Config)?;
-    let client = kurir_store::timed(database.db_timeout, async { Ok(pool.get().await?) })
-        .await
-        .map_err(|err| Failure::Runtime(format!("cannot reach Postgres: {err}")))?;
-    let failed = |err: kurir_store::StoreError| Failure::Runtime(err.to_string());
-    match command {
-        KeysCommand::Create { account, key } => {
-            let account_name = account.trim();
-            if account_name.is_empty() || account_name.len() > 200 {
-                return Err(Failure::Config(
-                    "--account must be 1 to 200 characters".into(),
-                ));
-            }
-            let key = match key {
-                Some(raw) => ApiKey::parse(&raw)
-                    .map_err(|err| Failure::Config(format!("--key {}", err.message)))?,
-                None => ApiKey::generate(),
-            };
-            let account = kurir_store::keys::ensure_account(&client, account_name)
-                .await
-                .map_err(failed)?;
-            let created =
-                kurir_store::keys::insert_key(&client, account, key.key_id(), &key.hash())
-                    .await
-                    .map_err(|err| match err {
-                        kurir_store::StoreError::Conflict { .. } => Failure::Runtime(format!(
-                            "a different key with id {} exists already",
-                            key.key_id()
-                        )),
-                        other => failed(other),
-                    })?;
-            info!(
-                key_id = key.key_id(),
-                account = account_name,
-                created,
-                "api key ready"
-            );
-            #[allow(clippy::print_stdout)]
-            {
-                println!("{}", key.expose());
-            }
-            Ok(())
-        }
-        KeysCommand::Revoke { key_id } => {
-            if kurir_store::keys::revoke_key(&client, &key_id)
-                .await
-                .map_err(failed)?
-            {
-                info!(%key_id, "key revoked");
-                Ok(())
-            } else {
-                Err(Failure::Runtime(format!("no live key with id {key_id}")))
-            }
-        }
-        KeysCommand::List => {
-            let keys = kurir_store::keys::list_keys(&client)
-                .await
-                .map_err(failed)?;
-            #[allow(clippy::print_stdout)]
-            {
-                println!(
-                    "{:<34} {:<24} {:<26} REVOKED",
-                    "KEY_ID", "ACCOUNT", "CREATED"
-                );
-                for key in keys {
-                    let revoked = key
-                        .revoked_at
-                        .map(|at| at.to_rfc3339())
-                        .unwrap_or_else(|| "-".into());
-                    println!(
-                        "{:<34} {:<24} {:<26} {revoked}",
-                        key.key_id,
-                        key.account,
-                        key.created_at.to_rfc3339()
-                    );
-                }
-            }
-            Ok(())
-        }
     }
 }

@@ -1,36 +1,123 @@
-//! The `kurir` binary itself: what it says without any service to talk to.
-//! (Its commands against Postgres and RabbitMQ are exercised by the
-//! end-to-end tests in tests/, which run this same binary.)
+//! The `kurir` binary itself: what it says when a setting is wrong, without
+//! any service to talk to (nothing listens on port 1). Its commands against
+//! Postgres and RabbitMQ are exercised by the end-to-end tests in tests/,
+//! which run this same binary.
 #![allow(clippy::unwrap_used)]
 
-use std::process::Command;
+use std::process::{Command, Output};
 
-fn kurir(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_kurir"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap()
+/// Runs kurir with only `env` of kurir's settings set.
+fn kurir(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kurir"));
+    command.args(args);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("KURIR_") || key == "DATABASE_URL" || key == "AMQP_URL" {
+            command.env_remove(key);
+        }
+    }
+    // Nothing listens on port 1: no test depends on a service being up or down.
+    command
+        .env("DATABASE_URL", "postgres://postgres@127.0.0.1:1/kurir")
+        .env("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/%2f")
+        .env("KURIR_API_ADDR", "127.0.0.1:0")
+        .env("KURIR_WORKER_METRICS_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "error")
+        .envs(env.iter().copied());
+    command.output().unwrap()
+}
+
+/// Exit code 2 and exactly one line on stderr; that line.
+fn one_line(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(out.status.code(), Some(2), "exit code; stderr: {stderr}");
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    lines[0].to_owned()
 }
 
 #[test]
 fn version_prints_the_crate_version() {
-    let out = kurir(&["--version"]);
+    let out = kurir(&["--version"], &[]);
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains(env!("CARGO_PKG_VERSION")), "{stdout}");
 }
 
 #[test]
-fn dlq_replay_without_ids_or_all_is_a_usage_error() {
-    // Nothing listens on port 1: the check must come before any connection.
-    let out = kurir(&[
-        "dlq",
-        "--amqp-url",
-        "amqp://guest:guest@127.0.0.1:1/%2f",
-        "replay",
-    ]);
-    assert_eq!(out.status.code(), Some(2));
+fn an_amqp_url_that_is_not_one_is_refused_at_start() {
+    let line = one_line(&kurir(&["api"], &[("AMQP_URL", "nonsense")]));
+    assert!(
+        line.starts_with("error: AMQP_URL=\"nonsense\" is not valid"),
+        "{line}"
+    );
+    assert!(line.contains("amqp://"), "{line}");
+}
+
+#[test]
+fn a_fixed_list_setting_says_its_valid_values() {
+    let line = one_line(&kurir(&["worker"], &[("KURIR_PROVIDER", "sms")]));
+    assert_eq!(
+        line,
+        r#"error: KURIR_PROVIDER="sms" is not valid; use one of: log, whatsapp, webhook"#
+    );
+    let line = one_line(&kurir(&["api"], &[("KURIR_LOG_FORMAT", "yaml")]));
+    assert_eq!(
+        line,
+        r#"error: KURIR_LOG_FORMAT="yaml" is not valid; use one of: text, json"#
+    );
+}
+
+#[test]
+fn a_database_url_of_another_database_is_one_line_and_exit_2_everywhere() {
+    for command in ["api", "worker", "migrate", "dev"] {
+        let line = one_line(&kurir(&[command], &[("DATABASE_URL", "mysql://x@y/z")]));
+        assert!(
+            line.starts_with("error: DATABASE_URL=\"mysql://x@y/z\""),
+            "{command}: {line}"
+        );
+        assert!(line.contains("postgres://"), "{command}: {line}");
+    }
+}
+
+#[test]
+fn a_second_worker_on_a_taken_metrics_address_exits_2_naming_it() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let line = one_line(&kurir(&["worker"], &[("KURIR_WORKER_METRICS_ADDR", &addr)]));
+    assert!(
+        line.contains(&format!("KURIR_WORKER_METRICS_ADDR={addr}")),
+        "{line}"
+    );
+    assert!(line.contains("its own address, or port 0"), "{line}");
+}
+
+#[test]
+fn an_unreachable_postgres_is_named_with_its_cause() {
+    let out = kurir(
+        &[
+            "keys",
+            "list",
+            "--database-url",
+            "postgres://postgres@127.0.0.1:1/kurir",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--all or the ids"), "{stderr}");
+    assert!(stderr.contains("Connection refused"), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn global_settings_show_in_subcommand_help() {
+    let out = kurir(&["keys", "list", "--help"], &[]);
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--database-url"), "{help}");
+}
+
+#[test]
+fn dlq_replay_without_ids_or_all_is_a_usage_error() {
+    let line = one_line(&kurir(&["dlq", "replay"], &[]));
+    assert!(line.contains("--all or the ids"), "{line}");
 }

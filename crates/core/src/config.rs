@@ -55,19 +55,21 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@127.0.0.1:5432/kurir"
+        default_value = "postgres://postgres@127.0.0.1:5432/kurir",
+        value_parser = database_url,
+        global = true
     )]
     pub database_url: String,
 
     /// Connections in this process's pool. Postgres allows 100 in all by default:
     /// keep (api + workers) × this well under it.
     #[arg(long, env = "KURIR_DB_POOL_SIZE", default_value_t = 10,
-          value_parser = clap::value_parser!(u32).range(1..=200))]
+          value_parser = clap::value_parser!(u32).range(1..=200), global = true)]
     pub db_pool_size: u32,
 
     /// How long to wait to connect, for a pooled connection, or for one statement
     /// before answering 503 / retrying.
-    #[arg(long, env = "KURIR_DB_TIMEOUT", default_value = "5s", value_parser = positive_duration)]
+    #[arg(long, env = "KURIR_DB_TIMEOUT", default_value = "5s", value_parser = positive_duration, global = true)]
     pub db_timeout: Duration,
 }
 
@@ -78,15 +80,66 @@ pub struct BusArgs {
     #[arg(
         long,
         env = "AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        value_parser = amqp_url,
+        global = true
     )]
     pub amqp_url: String,
 
     /// Prefix of every exchange and queue kurir declares, so several
     /// installations can share one broker.
     #[arg(long, env = "KURIR_QUEUE_PREFIX", default_value = "kurir",
-          value_parser = queue_prefix)]
+          value_parser = queue_prefix, global = true)]
     pub queue_prefix: String,
+}
+
+/// A URL of one of `schemes` with a host, checked at start (the drivers
+/// parse it again, but only when they first connect).
+fn url_of(raw: &str, schemes: &[&str], example: &str) -> Result<String, String> {
+    let url = url::Url::parse(raw)
+        .map_err(|err| format!("is not a URL ({err}); for example {example}"))?;
+    if !schemes.contains(&url.scheme()) {
+        return Err(format!(
+            "must start with {}, not {}:// (for example {example})",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or "),
+            url.scheme()
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(format!("names no host (for example {example})"));
+    }
+    Ok(raw.to_owned())
+}
+
+fn database_url(raw: &str) -> Result<String, String> {
+    // libpq's key=value form (`host=… dbname=…`) is valid too.
+    if !raw.contains("://") && raw.contains('=') {
+        return Ok(raw.to_owned());
+    }
+    let checked = url_of(
+        raw,
+        &["postgres", "postgresql"],
+        "postgres://postgres@127.0.0.1:5432/kurir",
+    )?;
+    let path = url::Url::parse(raw).map(|u| u.path().trim_matches('/').to_owned());
+    if path.is_ok_and(|p| p.is_empty()) {
+        return Err(
+            "names no database (for example postgres://postgres@127.0.0.1:5432/kurir)".into(),
+        );
+    }
+    Ok(checked)
+}
+
+fn amqp_url(raw: &str) -> Result<String, String> {
+    url_of(
+        raw,
+        &["amqp", "amqps"],
+        "amqp://guest:guest@127.0.0.1:5672/%2f",
+    )
 }
 
 fn queue_prefix(raw: &str) -> Result<String, String> {
@@ -343,6 +396,25 @@ mod tests {
         provider.webhook_url = Some("not a url".into());
         let err = provider.check().unwrap_err();
         assert!(err.contains("KURIR_WEBHOOK_URL"), "{err}");
+    }
+
+    #[test]
+    fn urls_are_checked_at_start() {
+        assert!(amqp_url("nonsense").unwrap_err().contains("is not a URL"));
+        assert!(amqp_url("http://x/").unwrap_err().contains("amqp://"));
+        assert!(amqp_url("amqp://guest:guest@127.0.0.1:5672/%2f").is_ok());
+        assert!(
+            database_url("mysql://x@y/z")
+                .unwrap_err()
+                .contains("postgres://")
+        );
+        assert!(
+            database_url("postgres://x@y")
+                .unwrap_err()
+                .contains("no database")
+        );
+        assert!(database_url("postgres://postgres@127.0.0.1:5432/kurir").is_ok());
+        assert!(database_url("host=127.0.0.1 dbname=kurir").is_ok());
     }
 
     #[test]

@@ -26,16 +26,29 @@ pub async fn ensure_account(client: &impl GenericClient, name: &str) -> Result<A
     Ok(AccountId(row.get(0)))
 }
 
-/// Stores a key's hash. Returns false if a key with this id or hash exists
-/// already for the same account (an idempotent re-run); a clash with another
-/// account's key is a conflict.
+/// What [`insert_key`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyInserted {
+    Created,
+    /// This very key exists already for this account (an idempotent re-run).
+    AlreadyThere,
+    /// This very key exists, but was revoked: it stays revoked.
+    Revoked,
+    /// This very key belongs to another account.
+    OtherAccount,
+    /// Another key has this id.
+    IdTaken,
+}
+
+/// Stores a key's hash, unless a key with this id or hash exists already:
+/// then says which case it is.
 #[instrument(skip(client, key_hash))]
 pub async fn insert_key(
     client: &impl GenericClient,
     account: AccountId,
     key_id: &str,
     key_hash: &[u8],
-) -> Result<bool> {
+) -> Result<KeyInserted> {
     let statement = client
         .prepare_cached(
             "INSERT INTO api_keys (id, account_id, key_hash) VALUES ($1, $2, $3)
@@ -46,21 +59,25 @@ pub async fn insert_key(
         .execute(&statement, &[&key_id, &account.0, &key_hash])
         .await?;
     if inserted == 1 {
-        return Ok(true);
+        return Ok(KeyInserted::Created);
     }
-    let same = client
+    let existing = client
         .query_opt(
-            "SELECT 1 FROM api_keys
-             WHERE id = $1 AND account_id = $2 AND key_hash = $3 AND revoked_at IS NULL",
-            &[&key_id, &account.0, &key_hash],
+            "SELECT key_hash = $2, account_id = $3, revoked_at IS NOT NULL FROM api_keys
+             WHERE id = $1 OR key_hash = $2
+             ORDER BY id = $1 DESC LIMIT 1",
+            &[&key_id, &key_hash, &account.0],
         )
         .await?;
-    match same {
-        Some(_) => Ok(false),
-        None => Err(crate::StoreError::Conflict {
-            constraint: "api_keys_pkey".into(),
-        }),
-    }
+    Ok(
+        match existing.map(|row| (row.get(0), row.get(1), row.get(2))) {
+            Some((true, true, false)) => KeyInserted::AlreadyThere,
+            Some((true, true, true)) => KeyInserted::Revoked,
+            Some((true, false, _)) => KeyInserted::OtherAccount,
+            // Another key holds the id (or raced us away).
+            Some((false, _, _)) | None => KeyInserted::IdTaken,
+        },
+    )
 }
 
 /// The account a live key belongs to.

@@ -32,7 +32,7 @@ pub enum StoreError {
     #[error("conflict on {constraint}")]
     Conflict { constraint: String },
     /// Anything else: a bug or a schema mismatch.
-    #[error("postgres error")]
+    #[error("postgres error: {}", cause_of(.0))]
     Database(#[source] tokio_postgres::Error),
     /// A row held a value this version cannot read.
     #[error("corrupt row: {0}")]
@@ -57,15 +57,23 @@ impl From<tokio_postgres::Error> for StoreError {
                     constraint: db.constraint().unwrap_or_default().to_owned(),
                 };
             }
+            // The database or its schema is gone (dropped, or never
+            // migrated): nothing a request did wrong, and nothing to retry
+            // at once either, but an outage all the same.
+            if *code == SqlState::INVALID_CATALOG_NAME {
+                return StoreError::Unavailable(format!("{} (run `kurir migrate`)", db.message()));
+            }
+            if *code == SqlState::UNDEFINED_TABLE {
+                return StoreError::Unavailable(format!(
+                    "{}: the database has no kurir schema (run `kurir migrate`)",
+                    db.message()
+                ));
+            }
             let code = code.code();
-            // 08: connection exception, 53: insufficient resources,
-            // 57: operator intervention (shutdown, statement timeout)
-            // 25006: read-only transaction (a standby, mid-failover)
-            if code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57")
-                || code == "25006"
-            {
+            // 08: connection exception, 28: authentication, 53: insufficient
+            // resources, 57: operator intervention (shutdown, statement
+            // timeout), 25006: read-only transaction (a standby, mid-failover)
+            if ["08", "28", "53", "57"].iter().any(|c| code.starts_with(c)) || code == "25006" {
                 return StoreError::Unavailable(db.message().to_owned());
             }
             return StoreError::Database(err);
@@ -156,6 +164,31 @@ pub async fn ping(pool: &Pool, limit: Duration) -> Result<()> {
         Ok(())
     })
     .await
+}
+
+/// What Postgres said (its message, detail and hint), or the error's cause chain.
+fn cause_of(err: &tokio_postgres::Error) -> String {
+    if let Some(db) = err.as_db_error() {
+        let mut text = db.message().to_owned();
+        if let Some(detail) = db.detail() {
+            text.push_str(": ");
+            text.push_str(detail);
+        }
+        if let Some(hint) = db.hint() {
+            text.push_str(" (");
+            text.push_str(hint);
+            text.push(')');
+        }
+        return text;
+    }
+    let mut text = err.to_string();
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {

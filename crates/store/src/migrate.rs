@@ -61,9 +61,10 @@ pub async fn create_database_if_missing(config: &tokio_postgres::Config) -> Resu
 /// Applies every pending migration; returns how many were applied.
 pub async fn run(config: &tokio_postgres::Config) -> Result<usize> {
     create_database_if_missing(config).await?;
-    // Migrations may take longer than the statement timeout meant for requests.
+    // Migrations may take longer than the statement timeout meant for
+    // requests; and "relation … already exists, skipping" is no news.
     let mut config = config.clone();
-    config.options("-c statement_timeout=0");
+    config.options("-c statement_timeout=0 -c client_min_messages=warning");
     let mut client = connect(&config).await?;
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -82,6 +83,113 @@ pub async fn run(config: &tokio_postgres::Config) -> Result<usize> {
         info!(migration = %migration, "applied migration");
     }
     Ok(applied)
+}
+
+/// What `kurir api` and `kurir worker` find in the database at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schema {
+    /// Migrated to exactly what this kurir needs.
+    Current,
+    /// Migrated past what this kurir knows (a newer kurir ran `migrate`):
+    /// fine during a rolling upgrade.
+    Newer { at: i32, known: i32 },
+    /// The database does not exist.
+    NoDatabase { name: String },
+    /// The database exists but `kurir migrate` never ran on it.
+    NotMigrated { name: String },
+    /// Migrated, but not as far as this kurir needs.
+    Behind { name: String, at: i32, needs: i32 },
+    /// Postgres refused the login (wrong user or password, no pg_hba entry).
+    LoginRefused { reason: String },
+}
+
+impl std::fmt::Display for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Schema::Current => write!(f, "up to date"),
+            Schema::Newer { at, known } => write!(
+                f,
+                "migrated to version {at}, newer than this kurir knows ({known})"
+            ),
+            Schema::NoDatabase { name } => write!(
+                f,
+                "database \"{name}\" does not exist (DATABASE_URL): run `kurir migrate` to create it"
+            ),
+            Schema::NotMigrated { name } => write!(
+                f,
+                "database \"{name}\" has no kurir tables (DATABASE_URL): run `kurir migrate`"
+            ),
+            Schema::Behind { name, at, needs } => write!(
+                f,
+                "database \"{name}\" is at migration {at}, this kurir needs {needs}: run `kurir migrate`"
+            ),
+            Schema::LoginRefused { reason } => write!(
+                f,
+                "Postgres refused the login: {reason} (check the user and password in DATABASE_URL)"
+            ),
+        }
+    }
+}
+
+/// The last embedded migration's version.
+pub fn latest_version() -> i32 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Looks at the database `config` names: does it exist, and is it migrated?
+/// An unreachable server is an error (the caller may start anyway and wait).
+pub async fn check(config: &tokio_postgres::Config) -> Result<Schema> {
+    let name = config.get_dbname().unwrap_or("").to_owned();
+    let (client, connection) = match config.connect(NoTls).await {
+        Ok(connected) => connected,
+        Err(err) => {
+            let refused = err
+                .as_db_error()
+                .map(|db| (db.code().clone(), db.message().to_owned()));
+            return match refused {
+                Some((code, _)) if code == SqlState::INVALID_CATALOG_NAME => {
+                    Ok(Schema::NoDatabase { name })
+                }
+                // 28: invalid authorization (no such role, wrong password, pg_hba)
+                Some((code, reason)) if code.code().starts_with("28") => {
+                    Ok(Schema::LoginRefused { reason })
+                }
+                _ => Err(err.into()),
+            };
+        }
+    };
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let history = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await?;
+    if !history.get::<_, bool>(0) {
+        return Ok(Schema::NotMigrated { name });
+    }
+    let row = client
+        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .await?;
+    let at: Option<i32> = row.get(0);
+    let known = latest_version();
+    Ok(match at {
+        None => Schema::NotMigrated { name },
+        Some(at) if at < known => Schema::Behind {
+            name,
+            at,
+            needs: known,
+        },
+        Some(at) if at > known => Schema::Newer { at, known },
+        Some(_) => Schema::Current,
+    })
 }
 
 /// Identifies the embedded migrations (changes when any of them does), so a
