@@ -223,7 +223,7 @@ pub struct ProviderArgs {
     #[arg(
         long,
         env = "KURIR_WHATSAPP_BASE_URL",
-        default_value = "https://graph.facebook.com/v21.0"
+        default_value = "https://graph.facebook.com/v25.0"
     )]
     pub whatsapp_base_url: String,
 

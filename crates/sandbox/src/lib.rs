@@ -42,7 +42,7 @@ use crate::receipts::Receipts;
 use crate::state::AppState;
 
 /// The API version segment used by [`Sandbox::base_url`].
-pub const API_VERSION: &str = "v21.0";
+pub const API_VERSION: &str = "v25.0";
 
 /// A running sandbox. Dropping it stops the server (without waiting);
 /// [`Sandbox::shutdown`] stops it and waits.
@@ -136,7 +136,7 @@ impl Sandbox {
         self.addr
     }
 
-    /// `http://<addr>/v21.0`, ready to use as the WhatsApp base URL.
+    /// `http://<addr>/v25.0`, ready to use as the WhatsApp base URL.
     /// An unspecified listen IP (0.0.0.0, ::) is shown as loopback.
     pub fn base_url(&self) -> String {
         let mut addr = self.addr;

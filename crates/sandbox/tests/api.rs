@@ -27,7 +27,7 @@ async fn send_with_version_answers_wamid_and_is_recorded() {
     assert_eq!(reqs.len(), 1);
     let r = &reqs[0];
     assert_eq!(r.kind, RequestKind::Message);
-    assert_eq!(r.path, format!("/v21.0/{PHONE_ID}/messages"));
+    assert_eq!(r.path, format!("/v25.0/{PHONE_ID}/messages"));
     assert_eq!(r.phone_number_id, PHONE_ID);
     assert_eq!(r.to.as_deref(), Some("62123456789"));
     assert_eq!(r.body.as_deref(), Some("Halo"));
@@ -300,7 +300,7 @@ async fn messages_endpoint_lists_and_delete_clears() {
 async fn unknown_paths_are_recorded_and_404() {
     let sandbox = start(config()).await;
     let answer = post(
-        &format!("http://{}/v21.0/{PHONE_ID}/media", sandbox.addr()),
+        &format!("http://{}/v25.0/{PHONE_ID}/media", sandbox.addr()),
         Some("t"),
         "{}",
     )
@@ -323,7 +323,7 @@ async fn healthz_ok_and_shutdown_stops_server() {
     let sandbox = start(config()).await;
     let url = format!("http://{}/healthz", sandbox.addr());
     assert_eq!(client().get(&url).send().await.unwrap().status(), 200);
-    assert!(sandbox.base_url().ends_with("/v21.0"));
+    assert!(sandbox.base_url().ends_with("/v25.0"));
     sandbox.shutdown().await;
     assert!(client().get(&url).send().await.is_err());
 }

@@ -42,7 +42,7 @@ pub fn args(kind: ProviderKind) -> ProviderArgs {
     ProviderArgs {
         provider: kind,
         provider_timeout: Duration::from_secs(2),
-        whatsapp_base_url: "https://graph.facebook.com/v21.0".to_owned(),
+        whatsapp_base_url: "https://graph.facebook.com/v25.0".to_owned(),
         whatsapp_token: None,
         whatsapp_phone_number_id: None,
         webhook_url: None,

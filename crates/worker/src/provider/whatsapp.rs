@@ -329,7 +329,7 @@ mod tests {
         ))
         .await;
         // A trailing slash on the base URL is dropped.
-        let provider = provider(&format!("{}/v21.0/", server.url()));
+        let provider = provider(&format!("{}/v25.0/", server.url()));
         let message = message();
 
         let outcome = provider.send_message(&message).await;
@@ -345,7 +345,7 @@ mod tests {
         );
         let request = server.request().await;
         assert_eq!(request.method, "POST");
-        assert_eq!(request.path, "/v21.0/1065/messages");
+        assert_eq!(request.path, "/v25.0/1065/messages");
         assert_eq!(
             request.header("authorization"),
             Some(format!("Bearer {TOKEN}").as_str())
@@ -389,7 +389,7 @@ mod tests {
     #[tokio::test]
     async fn updates_the_profile_about_text() {
         let mut server = TestServer::start(Reply::json(200, json!({"success": true}))).await;
-        let provider = provider(&format!("{}/v21.0", server.url()));
+        let provider = provider(&format!("{}/v25.0", server.url()));
         let update = status();
 
         assert_eq!(
@@ -401,7 +401,7 @@ mod tests {
         );
         let request = server.request().await;
         assert_eq!(request.method, "POST");
-        assert_eq!(request.path, "/v21.0/1065/whatsapp_business_profile");
+        assert_eq!(request.path, "/v25.0/1065/whatsapp_business_profile");
         assert_eq!(
             request.header("authorization"),
             Some(format!("Bearer {TOKEN}").as_str())
@@ -583,7 +583,7 @@ mod tests {
         let provider = WhatsAppProvider::from_args(&settings).expect("provider");
         assert_eq!(
             provider.messages_url.as_str(),
-            "https://graph.facebook.com/v21.0/1065/messages"
+            "https://graph.facebook.com/v25.0/1065/messages"
         );
         assert!(!format!("{provider:?}").contains(TOKEN));
         assert_eq!(provider.name(), "whatsapp");
