@@ -59,6 +59,11 @@ impl ApiError {
         self.slug
     }
 
+    /// The fields a validation problem names.
+    pub fn errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
     /// 422: one or more fields are invalid.
     pub fn validation(errors: ValidationErrors) -> Self {
         let detail = match errors.0.as_slice() {

@@ -13,12 +13,13 @@ use super::users::user_id;
 use crate::{
     AppState,
     dispatch::detached,
-    dto::{Accepted, MessageBody, MessageList, decode_cursor, encode_cursor, parse_limit},
+    dto::{Accepted, Limit, MessageBody, MessageList, decode_cursor, encode_cursor, status_filter},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
 };
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SendMessage {
     message: Option<String>,
 }
@@ -96,9 +97,12 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    status: Option<String>,
-    limit: Option<String>,
+    #[serde(default, deserialize_with = "status_filter")]
+    status: Option<MessageStatus>,
+    #[serde(default)]
+    limit: Limit,
     cursor: Option<String>,
 }
 
@@ -112,16 +116,8 @@ pub async fn list(
     Params(query): Params<ListQuery>,
 ) -> ApiResult<Json<MessageList>> {
     let user = user_id(&user)?;
-    let limit = parse_limit(query.limit.as_deref())?;
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(raw) => Some(raw.parse::<MessageStatus>().map_err(|_| {
-            ApiError::field(
-                "status",
-                "must be one of queued, sending, sent, delivered, read, failed",
-            )
-        })?),
-    };
+    let Limit(limit) = query.limit;
+    let status = query.status;
     let before = match query.cursor.as_deref() {
         None | Some("") => None,
         Some(cursor) => Some(

@@ -19,6 +19,7 @@ use crate::{
 };
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetStatus {
     status: Option<String>,
 }
