@@ -251,6 +251,9 @@ async fn unknown_ids_routes_and_methods_are_problems_too() {
         "/v1/messages/not-a-uuid",
         "/v1/messages/01a20e9e-6a75-7062-a154-b69d5354176c",
         "/v1/status-updates/01a20e9e-6a75-7062-a154-b69d5354176c",
+        "/v1/messages/01a20e9e-6a75-7062-a154-b69d5354176c/attempts",
+        "/v1/messages/not-a-uuid/attempts",
+        "/v1/status-updates/01a20e9e-6a75-7062-a154-b69d5354176c/attempts",
         "/v1/users/nobody/messages",
         "/v1/nothing-here",
     ] {

@@ -5,7 +5,9 @@
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
 use kurir_core::{LastError, MessageStatus};
-use kurir_store::{messages::Message, status_updates::StatusUpdate, users::User};
+use kurir_store::{
+    messages::Message, pipeline::Attempt, status_updates::StatusUpdate, users::User,
+};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::error::ApiError;
@@ -150,6 +152,48 @@ impl From<StatusUpdate> for StatusUpdateBody {
 pub struct StatusAccepted {
     pub status_update_id: String,
     pub status_update: &'static str,
+}
+
+/// One delivery attempt: a real provider call and how it ended.
+#[derive(Serialize)]
+pub struct AttemptBody {
+    pub number: i32,
+    #[serde(serialize_with = "ts")]
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    /// `delivered`, `retryable` or `permanent`.
+    pub outcome: &'static str,
+    pub http_status: Option<i32>,
+    pub code: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl From<Attempt> for AttemptBody {
+    fn from(attempt: Attempt) -> Self {
+        Self {
+            number: attempt.attempt,
+            started_at: attempt.started_at,
+            latency_ms: attempt.latency_ms,
+            outcome: attempt.outcome.as_str(),
+            http_status: attempt.http_status,
+            code: attempt.error_code,
+            detail: attempt.error_detail,
+        }
+    }
+}
+
+/// `GET …/attempts`: oldest first.
+#[derive(Serialize)]
+pub struct AttemptList {
+    pub attempts: Vec<AttemptBody>,
+}
+
+impl From<Vec<Attempt>> for AttemptList {
+    fn from(attempts: Vec<Attempt>) -> Self {
+        Self {
+            attempts: attempts.into_iter().map(AttemptBody::from).collect(),
+        }
+    }
 }
 
 /// Opaque page cursors: `base64url("<tag>:<position>")`. The tag stops a

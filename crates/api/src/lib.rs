@@ -126,7 +126,15 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/users/{id}/status", post(routes::status_updates::set))
         .route("/messages/{message_id}", get(routes::messages::get))
+        .route(
+            "/messages/{message_id}/attempts",
+            get(routes::messages::attempts),
+        )
         .route("/status-updates/{id}", get(routes::status_updates::get))
+        .route(
+            "/status-updates/{id}/attempts",
+            get(routes::status_updates::attempts),
+        )
         .with_state(state.clone());
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
     Router::new()

@@ -6,14 +6,21 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
-use kurir_store::{messages, pipeline::Publishable, timed, users};
+use kurir_store::{
+    messages,
+    pipeline::{self, Publishable},
+    timed, users,
+};
 use serde::Deserialize;
 
 use super::users::user_id;
 use crate::{
     AppState,
     dispatch::detached,
-    dto::{Accepted, Limit, MessageBody, MessageList, decode_cursor, encode_cursor, status_filter},
+    dto::{
+        Accepted, AttemptList, Limit, MessageBody, MessageList, decode_cursor, encode_cursor,
+        status_filter,
+    },
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
 };
@@ -93,6 +100,23 @@ pub async fn get(
     .await?;
     message
         .map(|message| Json(message.into()))
+        .ok_or_else(|| ApiError::not_found("message"))
+}
+
+/// `GET /v1/messages/{message_id}/attempts`: every provider call, oldest first.
+pub async fn attempts(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Id(id): Id,
+) -> ApiResult<Json<AttemptList>> {
+    let id = message_id(&id)?;
+    let attempts = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        pipeline::attempts_for(&client, account, JobKind::Message, id.0).await
+    })
+    .await?;
+    attempts
+        .map(|attempts| Json(attempts.into()))
         .ok_or_else(|| ApiError::not_found("message"))
 }
 
