@@ -293,3 +293,42 @@ async fn a_status_update_shows_its_attempts_and_no_error_once_it_succeeds() {
     assert_eq!(last["http_status"], 200);
     assert!(last["code"].is_null());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_claimed_past_its_retry_deadline_fails_as_expired_without_an_attempt() {
+    let options = Options {
+        start_worker: false,
+        ..Options::default()
+    };
+    let mut app = TestApp::spawn_with(options).await;
+    app.create_user("u1", "+62123456789").await;
+    let id = app.send("u1", "too late").await;
+    // It waited out an outage longer than KURIR_RETRY_MAX_AGE (24 h by default).
+    let client = app.pool.get().await.unwrap();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let aged = client
+        .execute(
+            "UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = $1",
+            &[&uuid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(aged, 1);
+    app.start_worker();
+
+    let failed = app.message_with_status(&id, "failed").await;
+    assert_eq!(failed["last_error"]["code"], "expired");
+    assert_eq!(failed["last_error"]["retryable"], false);
+    let detail = failed["last_error"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not delivered within KURIR_RETRY_MAX_AGE"),
+        "{detail}"
+    );
+    assert!(failed["failed_at"].is_string());
+    // No provider call was made, so there is no attempt to show.
+    assert_eq!(failed["attempts"], 0);
+    let history: Value = app.get_json(&format!("/v1/messages/{id}/attempts")).await;
+    assert_eq!(history, json!({"attempts": []}));
+    assert!(app.attempts(&id).await.is_empty());
+    assert!(app.sandbox_requests_for(&id).is_empty());
+}

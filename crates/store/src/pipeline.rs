@@ -7,8 +7,10 @@
 //!   a row an operator took from the dead-letter queue;
 //! - delivering: [`claim_message`] / [`claim_status_update`] (queued → sending,
 //!   attempts + 1, with a lease), then [`record`] (the outcome and the
-//!   attempt, in one statement); [`requeue_expired`] gives back rows whose
-//!   worker died.
+//!   attempt, in one statement), or [`expire`] for a row claimed past its
+//!   retry deadline (failed with no provider call, so no attempt);
+//!   [`requeue_expired`] gives back rows whose worker died;
+//! - reading the history: [`attempts_for`], scoped to an account.
 //!
 //! `attempts` fences stale writers: an outcome is recorded only if the row is
 //! still `sending` at the attempt the writer claimed, and a publish is marked
@@ -457,6 +459,34 @@ pub async fn record(
         (_, 0) => Recorded::AlreadyRecorded,
         _ => Recorded::Superseded,
     })
+}
+
+/// Fails a claimed row that is past its retry deadline, without an attempt:
+/// no provider call was made, so the history gets no entry, and the claim's
+/// increment of `attempts` is taken back (it counts provider calls). Fenced
+/// like [`record`]: only the claim that `attempt` names may do it. `false`:
+/// the row moved on meanwhile.
+#[instrument(skip(client, error))]
+pub async fn expire(
+    client: &impl GenericClient,
+    kind: JobKind,
+    id: Uuid,
+    attempt: i32,
+    error: &LastError,
+) -> Result<bool> {
+    let t = table(kind);
+    let finished = match kind {
+        JobKind::Message => "failed_at",
+        JobKind::StatusUpdate => "completed_at",
+    };
+    let sql = format!(
+        "UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
+                        attempts = attempts - 1, updated_at = now(), lease_until = NULL
+         WHERE id = $1 AND state = 'sending' AND attempts = $2"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let error = error_json(error)?;
+    Ok(client.execute(&statement, &[&id, &attempt, &error]).await? == 1)
 }
 
 /// Text from a provider, made storable: Postgres refuses NUL in text and jsonb.
