@@ -85,6 +85,16 @@ impl ApiError {
         Self::validation(FieldError::new(field, message).into())
     }
 
+    /// 422 for a field the parser refused, with serde's words (which may
+    /// name the field again: "unknown field `mesage`, expected `message`").
+    pub fn unparsable(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            detail: format!("{field}: {message}"),
+            ..Self::field(field, message)
+        }
+    }
+
     /// 400: the body is not JSON.
     pub fn malformed_json(detail: impl Into<String>) -> Self {
         Self::new(

@@ -70,7 +70,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::field(&field, strip_position(&inner.to_string()))
+                ApiError::unparsable(&field, strip_position(&inner.to_string()))
             }
             _ => ApiError::malformed_json(format!("the body is not valid JSON: {inner}")),
         }
@@ -152,7 +152,7 @@ pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
     serde_path_to_error::deserialize(deserializer).map_err(|err| {
         let path = err.path().to_string();
         let field = if path == "." { "query" } else { &path };
-        ApiError::field(field, err.into_inner().to_string())
+        ApiError::unparsable(field, err.into_inner().to_string())
     })
 }
 
