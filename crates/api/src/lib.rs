@@ -31,7 +31,9 @@ use kurir_core::{
 };
 use kurir_store::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
+};
 use tracing::info;
 
 use crate::{dispatch::Dispatcher, error::ApiError};
@@ -151,7 +153,18 @@ pub fn app(state: AppState) -> Router {
             tracing::error!("a handler panicked");
             ApiError::internal().into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
+}
+
+/// tower-http's failure log, for failures nobody else logs: an error answer
+/// (a status) was logged where it was made, by [`ApiError`] or readiness,
+/// at the level it deserves; here only a response that failed on its way
+/// out is.
+fn log_failure(failure: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    if let ServerErrorsFailureClass::Error(error) = failure {
+        let latency_ms = latency.as_millis() as u64;
+        tracing::error!(%error, latency_ms, "response failed");
+    }
 }
 
 /// A safety net for the answers the framework makes itself (a rejection
