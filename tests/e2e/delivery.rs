@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use chrono::DurationRound;
 use kurir_store::pipeline::AttemptOutcome;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::support::{Options, TestApp};
 
@@ -17,9 +17,48 @@ async fn a_provider_that_fails_twice_then_succeeds_ends_sent_after_three_attempt
     let sent = app.message_with_status(&id, "sent").await;
     assert_eq!(sent["attempts"], 3);
     assert!(sent["next_attempt_at"].is_null());
-    // The last failure stays visible after the success.
-    assert_eq!(sent["last_error"]["code"], "131016");
-    assert_eq!(sent["last_error"]["retryable"], true);
+    // The failures explain nothing once it is sent: they are history.
+    assert!(sent["last_error"].is_null(), "{sent:#}");
+
+    let history: Value = app.get_json(&format!("/v1/messages/{id}/attempts")).await;
+    let history = history["attempts"].as_array().unwrap();
+    let seen: Vec<_> = history
+        .iter()
+        .map(|a| {
+            (
+                a["number"].as_i64().unwrap(),
+                a["outcome"].as_str().unwrap(),
+                a["http_status"].as_i64(),
+                a["code"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "retryable", Some(503), Some("131016")),
+            (2, "retryable", Some(503), Some("131016")),
+            (3, "delivered", Some(200), None),
+        ]
+    );
+    assert!(
+        history[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("fails attempt 1 of 2"),
+        "{history:#?}"
+    );
+    assert!(history[2]["detail"].is_null());
+    assert!(
+        history
+            .iter()
+            .all(|a| a["latency_ms"].as_i64().unwrap() >= 0)
+    );
+    let started: Vec<chrono::DateTime<chrono::Utc>> = history
+        .iter()
+        .map(|a| a["started_at"].as_str().unwrap().parse().unwrap())
+        .collect();
+    assert!(started.is_sorted(), "oldest first: {started:?}");
 
     let attempts = app.attempts(&id).await;
     let outcomes: Vec<_> = attempts
@@ -203,4 +242,93 @@ async fn a_delivery_cut_off_by_the_shutdown_grace_gives_its_row_back_at_once() {
     app.start_worker();
     let sent = app.message_with_status(&id, "sent").await;
     assert_eq!(sent["attempts"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_update_shows_its_attempts_and_no_error_once_it_succeeds() {
+    let mut options = Options::default();
+    options.sandbox.fail_rate = 1.0;
+    let app = TestApp::spawn_with(options).await;
+    app.create_user("u1", "+62123456789").await;
+    let accepted: Value = app
+        .post("/v1/users/u1/status", &json!({"status": "in a meeting"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = accepted["status_update_id"].as_str().unwrap().to_owned();
+
+    // Failing, it shows why.
+    let failing = app
+        .status_update_until(&id, |u| {
+            u["attempts"].as_i64() >= Some(1) && !u["last_error"].is_null()
+        })
+        .await;
+    assert_eq!(failing["status_update"], "queued");
+    assert_eq!(failing["last_error"]["retryable"], true);
+
+    app.sandbox.set_fail_rate(0.0);
+    let done = app
+        .status_update_until(&id, |u| u["status_update"] == "success")
+        .await;
+    assert!(done["last_error"].is_null(), "{done:#}");
+
+    let history: Value = app
+        .get_json(&format!("/v1/status-updates/{id}/attempts"))
+        .await;
+    let history = history["attempts"].as_array().unwrap();
+    assert_eq!(history.len() as i64, done["attempts"].as_i64().unwrap());
+    let (last, failures) = history.split_last().unwrap();
+    assert!(!failures.is_empty());
+    for (n, failure) in failures.iter().enumerate() {
+        assert_eq!(failure["number"], n + 1);
+        assert_eq!(failure["outcome"], "retryable");
+        assert_eq!(failure["http_status"], 500);
+        assert!(failure["code"].is_string());
+    }
+    assert_eq!(last["number"], history.len());
+    assert_eq!(last["outcome"], "delivered");
+    assert_eq!(last["http_status"], 200);
+    assert!(last["code"].is_null());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_claimed_past_its_retry_deadline_fails_as_expired_without_an_attempt() {
+    let options = Options {
+        start_worker: false,
+        ..Options::default()
+    };
+    let mut app = TestApp::spawn_with(options).await;
+    app.create_user("u1", "+62123456789").await;
+    let id = app.send("u1", "too late").await;
+    // It waited out an outage longer than KURIR_RETRY_MAX_AGE (24 h by default).
+    let client = app.pool.get().await.unwrap();
+    let uuid = uuid::Uuid::parse_str(&id).unwrap();
+    let aged = client
+        .execute(
+            "UPDATE messages SET created_at = now() - interval '25 hours' WHERE id = $1",
+            &[&uuid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(aged, 1);
+    app.start_worker();
+
+    let failed = app.message_with_status(&id, "failed").await;
+    assert_eq!(failed["last_error"]["code"], "expired");
+    assert_eq!(failed["last_error"]["retryable"], false);
+    let detail = failed["last_error"]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("not delivered within KURIR_RETRY_MAX_AGE"),
+        "{detail}"
+    );
+    assert!(failed["failed_at"].is_string());
+    // No provider call was made, so there is no attempt to show.
+    assert_eq!(failed["attempts"], 0);
+    let history: Value = app.get_json(&format!("/v1/messages/{id}/attempts")).await;
+    assert_eq!(history, json!({"attempts": []}));
+    assert!(app.attempts(&id).await.is_empty());
+    assert!(app.sandbox_requests_for(&id).is_empty());
 }

@@ -84,3 +84,46 @@ async fn one_account_cannot_see_or_touch_anothers_data() {
         .unwrap();
     assert_eq!(their_list["messages"], json!([]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_accounts_delivery_attempts_are_404() {
+    let app = TestApp::spawn().await;
+    app.create_user("alice", "+62811111111").await;
+    let message = app.send("alice", "for alice").await;
+    app.message_with_status(&message, "sent").await;
+    let update: Value = app
+        .post("/v1/users/alice/status", &json!({"status": "here"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let update = update["status_update_id"].as_str().unwrap().to_owned();
+    app.status_update_until(&update, |u| u["status_update"] == "success")
+        .await;
+
+    let ours = [
+        format!("/v1/messages/{message}/attempts"),
+        format!("/v1/status-updates/{update}/attempts"),
+    ];
+    for path in &ours {
+        let history: Value = app.get_json(path).await;
+        assert_eq!(history["attempts"].as_array().unwrap().len(), 1, "{path}");
+    }
+    let other = app.key_for("test-b").await;
+    for path in &ours {
+        let response = app
+            .http
+            .get(app.url(path))
+            .bearer_auth(&other)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        assert_eq!(
+            response.headers()["content-type"],
+            "application/problem+json"
+        );
+    }
+}

@@ -654,12 +654,36 @@ impl TestApp {
             .await
     }
 
+    /// A message's attempts as the store records them (with the provider's name).
     pub async fn attempts(&self, id: &str) -> Vec<kurir_store::pipeline::Attempt> {
         let id = uuid::Uuid::parse_str(id).expect("uuid");
         let client = self.pool.get().await.expect("connection");
-        kurir_store::pipeline::attempts_for(&client, id)
+        let account =
+            kurir_store::keys::account_for_key(&client, &kurir_core::apikey::hash(&self.key))
+                .await
+                .expect("look up the key")
+                .expect("the app's key has an account");
+        kurir_store::pipeline::attempts_for(&client, account, kurir_core::JobKind::Message, id)
             .await
             .expect("attempts")
+            .expect("the message exists")
+    }
+
+    /// Polls a status update until `done` holds for it.
+    pub async fn status_update_until(&self, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+        let path = format!("/v1/status-updates/{id}");
+        let last = std::sync::Mutex::new(Value::Null);
+        let reached = eventually(DEADLINE, || async {
+            let update = self.get_json(&path).await;
+            let reached = done(&update).then(|| update.clone());
+            *last.lock().expect("lock") = update;
+            reached
+        })
+        .await;
+        reached.unwrap_or_else(|| {
+            let last = last.lock().expect("lock");
+            panic!("status update {id} never reached the expected state; last seen: {last:#}")
+        })
     }
 
     /// Sandbox requests that carried this message id.

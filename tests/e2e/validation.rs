@@ -122,6 +122,44 @@ async fn bad_status_updates_are_422_naming_the_field() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_fields_in_a_body_are_422_naming_the_field() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+62123456789").await;
+    for (path, body, field) in [
+        (
+            "/v1/users",
+            json!({"name": "Ann", "phone_number": "+62111111111", "email": "ann@example.com"}),
+            "email",
+        ),
+        ("/v1/users/u1/messages", json!({"mesage": "hi"}), "mesage"),
+        (
+            "/v1/users/u1/messages",
+            json!({"message": "hi", "priority": "high"}),
+            "priority",
+        ),
+        (
+            "/v1/users/u1/status",
+            json!({"status": "away", "until": "noon"}),
+            "until",
+        ),
+    ] {
+        let response = app.post(path, &body).send().await.unwrap();
+        let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert_eq!(fields(&problem), [field], "{path} {body}");
+        let message = problem["errors"][0]["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("unknown field `{field}`, expected")),
+            "{message}"
+        );
+    }
+    // Nothing was created on the way.
+    let users: Value = app.get_json("/v1/users").await;
+    assert_eq!(users["users"].as_array().unwrap().len(), 1);
+    let messages: Value = app.get_json("/v1/users/u1/messages").await;
+    assert_eq!(messages["messages"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_json_wrong_content_type_and_oversize_bodies_are_refused() {
     let app = TestApp::spawn().await;
     app.create_user("u1", "+62123456789").await;
@@ -192,6 +230,11 @@ async fn bad_query_parameters_are_422_naming_the_parameter() {
         ("/v1/users/u1/messages?status=lost", "status"),
         ("/v1/users/u1/messages?cursor=bogus", "cursor"),
         ("/v1/users?limit=1&limit=2", "limit"),
+        ("/v1/users?cursor=a&limit=5&cursor=b", "cursor"),
+        ("/v1/users/u1/messages?limit=1&limit=1", "limit"),
+        ("/v1/users/u1/messages?limit=2.5", "limit"),
+        ("/v1/users?limt=5", "limt"),
+        ("/v1/users/u1/messages?staus=failed", "staus"),
     ] {
         let response = app.get(path).send().await.unwrap();
         let problem = expect_problem(response, StatusCode::UNPROCESSABLE_ENTITY).await;
@@ -208,6 +251,9 @@ async fn unknown_ids_routes_and_methods_are_problems_too() {
         "/v1/messages/not-a-uuid",
         "/v1/messages/01a20e9e-6a75-7062-a154-b69d5354176c",
         "/v1/status-updates/01a20e9e-6a75-7062-a154-b69d5354176c",
+        "/v1/messages/01a20e9e-6a75-7062-a154-b69d5354176c/attempts",
+        "/v1/messages/not-a-uuid/attempts",
+        "/v1/status-updates/01a20e9e-6a75-7062-a154-b69d5354176c/attempts",
         "/v1/users/nobody/messages",
         "/v1/nothing-here",
     ] {

@@ -4,9 +4,11 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
-use kurir_core::LastError;
-use kurir_store::{messages::Message, status_updates::StatusUpdate, users::User};
-use serde::{Serialize, Serializer};
+use kurir_core::{LastError, MessageStatus};
+use kurir_store::{
+    messages::Message, pipeline::Attempt, status_updates::StatusUpdate, users::User,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::error::ApiError;
 
@@ -152,6 +154,48 @@ pub struct StatusAccepted {
     pub status_update: &'static str,
 }
 
+/// One delivery attempt: a real provider call and how it ended.
+#[derive(Serialize)]
+pub struct AttemptBody {
+    pub number: i32,
+    #[serde(serialize_with = "ts")]
+    pub started_at: DateTime<Utc>,
+    pub latency_ms: i32,
+    /// `delivered`, `retryable` or `permanent`.
+    pub outcome: &'static str,
+    pub http_status: Option<i32>,
+    pub code: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl From<Attempt> for AttemptBody {
+    fn from(attempt: Attempt) -> Self {
+        Self {
+            number: attempt.attempt,
+            started_at: attempt.started_at,
+            latency_ms: attempt.latency_ms,
+            outcome: attempt.outcome.as_str(),
+            http_status: attempt.http_status,
+            code: attempt.error_code,
+            detail: attempt.error_detail,
+        }
+    }
+}
+
+/// `GET …/attempts`: oldest first.
+#[derive(Serialize)]
+pub struct AttemptList {
+    pub attempts: Vec<AttemptBody>,
+}
+
+impl From<Vec<Attempt>> for AttemptList {
+    fn from(attempts: Vec<Attempt>) -> Self {
+        Self {
+            attempts: attempts.into_iter().map(AttemptBody::from).collect(),
+        }
+    }
+}
+
 /// Opaque page cursors: `base64url("<tag>:<position>")`. The tag stops a
 /// cursor from one list being used on another.
 pub fn encode_cursor(tag: &str, position: &str) -> String {
@@ -169,23 +213,43 @@ pub fn decode_cursor(tag: &str, cursor: &str) -> Result<String, ApiError> {
     Ok(position.to_owned())
 }
 
-/// `limit`: 1 to 1000, default 100.
-pub fn parse_limit(raw: Option<&str>) -> Result<i64, ApiError> {
-    match raw {
-        None => Ok(100),
-        Some(raw) => match raw.parse::<i64>() {
-            Ok(limit) if (1..=1000).contains(&limit) => Ok(limit),
-            _ => Err(ApiError::field(
-                "limit",
-                "must be a whole number from 1 to 1000",
-            )),
-        },
+/// A page size from the query: 1 to 1000, 100 when not given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limit(pub i64);
+
+impl Default for Limit {
+    fn default() -> Self {
+        Limit(100)
     }
+}
+
+impl<'de> Deserialize<'de> for Limit {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        match raw.parse::<i64>() {
+            Ok(limit) if (1..=1000).contains(&limit) => Ok(Limit(limit)),
+            _ => Err(de::Error::custom("must be a whole number from 1 to 1000")),
+        }
+    }
+}
+
+/// `?status=` on a list of messages: one of the states; empty means any.
+pub fn status_filter<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<MessageStatus>, D::Error> {
+    let raw = String::deserialize(deserializer)?;
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    raw.parse().map(Some).map_err(|_| {
+        de::Error::custom("must be one of queued, sending, sent, delivered, read, failed")
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::extract::parse_query;
 
     #[test]
     fn cursors_round_trip_and_are_tagged() {
@@ -195,12 +259,44 @@ mod tests {
         assert!(decode_cursor("u", "!!").is_err());
     }
 
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Query {
+        #[serde(default)]
+        limit: Limit,
+        #[serde(default, deserialize_with = "status_filter")]
+        status: Option<MessageStatus>,
+    }
+
+    fn problem_field(query: &str) -> (u16, String) {
+        let err = parse_query::<Query>(query).unwrap_err();
+        (err.status().as_u16(), err.errors()[0].field.clone())
+    }
+
     #[test]
     fn limits_are_checked() {
-        assert_eq!(parse_limit(None).unwrap(), 100);
-        assert_eq!(parse_limit(Some("1000")).unwrap(), 1000);
-        for bad in ["0", "1001", "-1", "ten", ""] {
-            assert!(parse_limit(Some(bad)).is_err(), "{bad}");
+        assert_eq!(parse_query::<Query>("").unwrap().limit, Limit(100));
+        assert_eq!(
+            parse_query::<Query>("limit=1000").unwrap().limit,
+            Limit(1000)
+        );
+        for bad in ["0", "1001", "-1", "ten", "", "1.5"] {
+            assert_eq!(
+                problem_field(&format!("limit={bad}")),
+                (422, "limit".to_owned()),
+                "{bad}"
+            );
         }
+    }
+
+    #[test]
+    fn query_problems_name_the_parameter() {
+        assert_eq!(problem_field("limit=1&limit=2"), (422, "limit".into()));
+        assert_eq!(problem_field("limt=5"), (422, "limt".into()));
+        assert_eq!(problem_field("status=lost"), (422, "status".into()));
+        let query = parse_query::<Query>("status=&limit=5").unwrap();
+        assert_eq!((query.status, query.limit), (None, Limit(5)));
+        let query = parse_query::<Query>("status=sent").unwrap();
+        assert_eq!(query.status, Some(MessageStatus::Sent));
     }
 }

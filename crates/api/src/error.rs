@@ -1,6 +1,17 @@
 //! One error type for the HTTP layer, rendered as RFC 9457 problem+json:
 //! `{"type","title","status","detail"}` plus `"errors":[{"field","message"}]`
 //! for validation. Internal causes are logged, never returned.
+//!
+//! Logged once, when the answer is made, by what an operator should do:
+//! a 5xx at ERROR with its cause chain; a 503 (Postgres unavailable) at
+//! WARN, at most one line a second with a count of the ones held back,
+//! since an outage fails every request at once; a 4xx is the client's
+//! business, at DEBUG.
+
+use std::{
+    sync::Mutex,
+    time::{Duration, Instant},
+};
 
 use axum::{
     http::{HeaderValue, StatusCode, header},
@@ -21,6 +32,9 @@ pub struct ApiError {
     detail: String,
     errors: Vec<FieldError>,
     retry_after: Option<u64>,
+    /// What went wrong inside, for the log (never for the client). Boxed:
+    /// every handler returns this type, so it is kept small.
+    cause: Option<Box<str>>,
 }
 
 #[derive(Serialize)]
@@ -48,6 +62,14 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            cause: None,
+        }
+    }
+
+    fn caused_by(self, cause: impl Into<String>) -> Self {
+        Self {
+            cause: Some(cause.into().into_boxed_str()),
+            ..self
         }
     }
 
@@ -57,6 +79,11 @@ impl ApiError {
 
     pub fn slug(&self) -> &'static str {
         self.slug
+    }
+
+    /// The fields a validation problem names.
+    pub fn errors(&self) -> &[FieldError] {
+        &self.errors
     }
 
     /// 422: one or more fields are invalid.
@@ -78,6 +105,16 @@ impl ApiError {
 
     pub fn field(field: &str, message: impl Into<String>) -> Self {
         Self::validation(FieldError::new(field, message).into())
+    }
+
+    /// 422 for a field the parser refused, with serde's words (which may
+    /// name the field again: "unknown field `mesage`, expected `message`").
+    pub fn unparsable(field: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
+        Self {
+            detail: format!("{field}: {message}"),
+            ..Self::field(field, message)
+        }
     }
 
     /// 400: the body is not JSON.
@@ -201,12 +238,82 @@ impl From<StoreError> for ApiError {
     fn from(err: StoreError) -> Self {
         match err {
             StoreError::Unavailable(cause) => {
-                tracing::warn!(%cause, "postgres unavailable; answering 503");
-                ApiError::unavailable("the database is unavailable; try again")
+                ApiError::unavailable("the database is unavailable; try again").caused_by(cause)
             }
-            other => {
-                tracing::error!(error = ?other, "store error");
-                ApiError::internal()
+            other => ApiError::internal().caused_by(cause_chain(&other)),
+        }
+    }
+}
+
+/// "postgres error: db error: ERROR: relation \"x\" does not exist": the
+/// error and each of its sources.
+fn cause_chain(err: &dyn std::error::Error) -> String {
+    let mut chain = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        chain.push_str(": ");
+        chain.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    chain
+}
+
+/// Lets one log line through per period and counts the ones it holds back.
+#[derive(Debug)]
+pub struct Throttle {
+    every: Duration,
+    /// When the last line went out, and how many were held back since.
+    state: Mutex<(Option<Instant>, u64)>,
+}
+
+impl Throttle {
+    pub const fn new(every: Duration) -> Self {
+        Self {
+            every,
+            state: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(held_back)`: log now, saying how many lines were held back
+    /// since the last one; `None`: hold this one back.
+    pub fn admit(&self, now: Instant) -> Option<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (last, held_back) = &mut *state;
+        match last {
+            Some(at) if now.saturating_duration_since(*at) < self.every => {
+                *held_back += 1;
+                None
+            }
+            _ => {
+                *last = Some(now);
+                Some(std::mem::take(held_back))
+            }
+        }
+    }
+}
+
+/// 503s for an unavailable Postgres: thousands a second during an outage.
+static UNAVAILABLE_LOG: Throttle = Throttle::new(Duration::from_secs(1));
+
+impl ApiError {
+    fn log(&self) {
+        let status = self.status.as_u16();
+        match (&self.cause, self.status) {
+            (Some(cause), StatusCode::SERVICE_UNAVAILABLE) => {
+                if let Some(suppressed) = UNAVAILABLE_LOG.admit(Instant::now()) {
+                    tracing::warn!(status, %cause, suppressed, "postgres unavailable; answering 503");
+                }
+            }
+            (Some(cause), code) if code.is_server_error() => {
+                tracing::error!(status, %cause, "answering {status}");
+            }
+            // A 5xx without a cause was logged where it was made (a panic, say).
+            (None, code) if code.is_server_error() => {}
+            _ => {
+                tracing::debug!(status, problem = self.slug, detail = %self.detail, "answering {status}")
             }
         }
     }
@@ -214,6 +321,7 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        self.log();
         let problem = Problem {
             kind: format!("{TYPE_BASE}{}", self.slug),
             title: self.title,
@@ -247,3 +355,31 @@ impl IntoResponse for ApiError {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_throttle_lets_one_line_a_period_through_and_counts_the_rest() {
+        let throttle = Throttle::new(Duration::from_secs(1));
+        let start = Instant::now();
+        assert_eq!(throttle.admit(start), Some(0));
+        for ms in [1, 10, 500, 999] {
+            assert_eq!(throttle.admit(start + Duration::from_millis(ms)), None);
+        }
+        let later = start + Duration::from_millis(1000);
+        assert_eq!(throttle.admit(later), Some(4));
+        assert_eq!(throttle.admit(later + Duration::from_millis(1)), None);
+        assert_eq!(throttle.admit(later + Duration::from_secs(60)), Some(1));
+    }
+
+    #[test]
+    fn the_cause_chain_names_every_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let err = Outer(std::io::Error::other("inner"));
+        assert_eq!(cause_chain(&err), "outer: inner");
+    }
+}

@@ -1,9 +1,13 @@
 //! Extractors that turn every kind of bad input into a clear problem:
-//! JSON bodies (415 / 413 / 408 / 400 / 422 naming the field) and bearer keys (401).
+//! JSON bodies (415 / 413 / 408 / 400 / 422 naming the field), query strings
+//! (422 naming the parameter) and bearer keys (401). Both bodies and queries
+//! go through `serde_path_to_error`, so a problem names the field it is about.
+
+use std::collections::HashSet;
 
 use axum::{
     body::Bytes,
-    extract::{FromRequest, FromRequestParts, Path, Query, Request},
+    extract::{FromRequest, FromRequestParts, Path, Request},
     http::{HeaderMap, header, request::Parts},
 };
 use kurir_core::{AccountId, apikey};
@@ -17,11 +21,14 @@ use crate::{
 
 /// A JSON request body. Fields of `T` should be `Option`s, so a missing field
 /// is reported by the handler's validation together with every other problem;
-/// a field of the wrong JSON type is reported here, by name.
+/// a field of the wrong JSON type is reported here, by name, and so is an
+/// unknown field if `T` denies them (every request body does: a misspelt
+/// field must not be dropped silently).
 #[derive(Debug)]
 pub struct JsonBody<T>(pub T);
 
-fn is_json(headers: &HeaderMap) -> bool {
+/// Whether `headers` say the body is JSON (`application/json` or `…+json`).
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -63,7 +70,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
         match inner.classify() {
             serde_json::error::Category::Data => {
                 let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::field(&field, strip_position(&inner.to_string()))
+                ApiError::unparsable(&field, strip_position(&inner.to_string()))
             }
             _ => ApiError::malformed_json(format!("the body is not valid JSON: {inner}")),
         }
@@ -116,26 +123,37 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
     }
 }
 
-/// Query parameters. A malformed query (a repeated parameter, say) is a 422
-/// naming the parameter, like every other invalid input.
+/// Query parameters, parsed the way bodies are ([`parse_query`]): a repeated,
+/// unknown or malformed parameter is a 422 naming it.
 #[derive(Debug)]
 pub struct Params<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        match Query::<T>::from_request_parts(parts, state).await {
-            Ok(Query(value)) => Ok(Params(value)),
-            Err(rejection) => {
-                // "Failed to deserialize query string: duplicate field `limit`"
-                let text = rejection.body_text();
-                let field = text.split('`').nth(1).unwrap_or("query").to_owned();
-                let reason = text.rsplit(": ").next().unwrap_or(&text).to_owned();
-                Err(ApiError::field(&field, reason))
-            }
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parse_query(parts.uri.query().unwrap_or("")).map(Params)
+    }
+}
+
+/// Parses a raw query string into `T`, naming the parameter on any error.
+/// `T` should deny unknown fields, so a misspelt parameter is not ignored.
+pub fn parse_query<T: DeserializeOwned>(query: &str) -> ApiResult<T> {
+    // serde refuses a repeated field only after the fact, with no path to
+    // tell which one; look for repeats first.
+    let mut seen = HashSet::new();
+    for (name, _) in form_urlencoded::parse(query.as_bytes()) {
+        if !seen.insert(name.clone()) {
+            return Err(ApiError::field(&name, "is given more than once"));
         }
     }
+    let deserializer =
+        serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+    serde_path_to_error::deserialize(deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        let field = if path == "." { "query" } else { &path };
+        ApiError::unparsable(field, err.into_inner().to_string())
+    })
 }
 
 /// The one id in a path. A segment that is not even valid text names nothing: 404.
@@ -198,6 +216,7 @@ mod tests {
     use super::*;
 
     #[derive(serde::Deserialize, Debug)]
+    #[serde(deny_unknown_fields)]
     struct Body {
         #[allow(dead_code)]
         message: Option<String>,
@@ -211,6 +230,17 @@ mod tests {
         assert_eq!(err.status(), 422);
         let err = parse_json::<Body>(br#"  "hi""#).unwrap_err();
         assert_eq!(err.status(), 422);
+    }
+
+    #[test]
+    fn unknown_fields_are_named() {
+        let err = parse_json::<Body>(br#"{"mesage": "hi"}"#).unwrap_err();
+        assert_eq!(err.status(), 422);
+        assert_eq!(err.errors()[0].field, "mesage");
+        assert_eq!(
+            err.errors()[0].message,
+            "unknown field `mesage`, expected `message`"
+        );
     }
 
     #[test]

@@ -18,9 +18,9 @@ use std::time::Duration;
 
 use axum::{
     Router,
-    extract::{DefaultBodyLimit, Request},
+    extract::{DefaultBodyLimit, State},
     http::{StatusCode, header},
-    middleware::{self, Next},
+    middleware,
     response::{IntoResponse, Response},
     routing::{get, post},
 };
@@ -31,7 +31,9 @@ use kurir_core::{
 };
 use kurir_store::PgPool;
 use tokio_util::sync::CancellationToken;
-use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+use tower_http::{
+    catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
+};
 use tracing::info;
 
 use crate::{dispatch::Dispatcher, error::ApiError};
@@ -126,7 +128,15 @@ pub fn app(state: AppState) -> Router {
         )
         .route("/users/{id}/status", post(routes::status_updates::set))
         .route("/messages/{message_id}", get(routes::messages::get))
+        .route(
+            "/messages/{message_id}/attempts",
+            get(routes::messages::attempts),
+        )
         .route("/status-updates/{id}", get(routes::status_updates::get))
+        .route(
+            "/status-updates/{id}/attempts",
+            get(routes::status_updates::attempts),
+        )
         .with_state(state.clone());
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);
     Router::new()
@@ -135,48 +145,57 @@ pub fn app(state: AppState) -> Router {
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(body_limit))
-        .layer(middleware::from_fn(problems_only))
+        .layer(middleware::map_response_with_state(
+            state.max_body_bytes,
+            problems_only,
+        ))
         .layer(CatchPanicLayer::custom(|_| {
             tracing::error!("a handler panicked");
             ApiError::internal().into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().on_failure(log_failure))
 }
 
-/// Any error response that is not JSON (a framework rejection) is turned
-/// into problem+json, keeping its status and its text as the detail.
-async fn problems_only(request: Request, next: Next) -> Response {
-    let response = next.run(request).await;
+/// tower-http's failure log, for failures nobody else logs: an error answer
+/// (a status) was logged where it was made, by [`ApiError`] or readiness,
+/// at the level it deserves; here only a response that failed on its way
+/// out is.
+fn log_failure(failure: ServerErrorsFailureClass, latency: Duration, _span: &tracing::Span) {
+    if let ServerErrorsFailureClass::Error(error) = failure {
+        let latency_ms = latency.as_millis() as u64;
+        tracing::error!(%error, latency_ms, "response failed");
+    }
+}
+
+/// A safety net for the answers the framework makes itself (a rejection
+/// from an extractor that is not ours): an error answer that is not JSON
+/// becomes problem+json, by its status alone. Input errors are shaped where
+/// they are found (the extractors, the router's fallbacks), so this reads
+/// no body and leaves JSON answers and successes untouched.
+async fn problems_only(State(body_limit): State<u64>, response: Response) -> Response {
     let status = response.status();
-    if !(status.is_client_error() || status.is_server_error()) {
+    if !(status.is_client_error() || status.is_server_error())
+        || extract::is_json(response.headers())
+    {
         return response;
     }
-    // Our own answers are JSON already (problems, and /readyz's 503 body).
-    let is_json = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| {
-            v.as_bytes().starts_with(b"application/") && v.as_bytes().ends_with(b"json")
-        });
-    if is_json {
-        return response;
-    }
-    let (parts, body) = response.into_parts();
-    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
-    let detail = String::from_utf8_lossy(&text).trim().to_owned();
-    let mut problem = match parts.status {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(0),
+    let problem = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::payload_too_large(body_limit),
         StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::unsupported_media_type(),
         StatusCode::NOT_FOUND => ApiError::route_not_found(),
-        status if status.is_server_error() => ApiError::internal(),
-        _ => ApiError::bad_request(if detail.is_empty() {
-            "bad request".to_owned()
-        } else {
-            detail
-        }),
+        StatusCode::METHOD_NOT_ALLOWED => ApiError::method_not_allowed(),
+        status if status.is_server_error() => {
+            tracing::error!(%status, "the framework answered an error of its own");
+            ApiError::internal()
+        }
+        status => ApiError::bad_request(status.canonical_reason().unwrap_or("bad request")),
+    };
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut problem = problem.into_response();
+    *problem.status_mut() = status;
+    if let Some(allow) = allow {
+        problem.headers_mut().insert(header::ALLOW, allow);
     }
-    .into_response();
-    *problem.status_mut() = parts.status;
     problem
 }
 

@@ -28,10 +28,14 @@ pub struct Message {
     pub failed_at: Option<DateTime<Utc>>,
 }
 
-/// `next_attempt_at` is shown only for a retry waiting for its time.
+/// `next_attempt_at` is shown only for a retry waiting for its time, and
+/// `last_error` only while it explains the state: a retry waiting or in
+/// flight, or `failed`. Once the provider took the message the error of an
+/// earlier attempt explains nothing; it stays in the attempt history.
 const COLUMNS: &str = "m.id, m.user_id, m.body, m.state, m.attempts,
      CASE WHEN m.state = 'queued' AND m.attempts > 0 THEN m.due_at END,
-     m.last_error, m.provider_message_id, m.created_at, m.updated_at,
+     CASE WHEN m.state NOT IN ('sent', 'delivered', 'read') THEN m.last_error END,
+     m.provider_message_id, m.created_at, m.updated_at,
      m.sent_at, m.delivered_at, m.read_at, m.failed_at";
 
 pub(crate) fn last_error(value: Option<serde_json::Value>) -> Result<Option<LastError>> {

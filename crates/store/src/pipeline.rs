@@ -7,8 +7,10 @@
 //!   a row an operator took from the dead-letter queue;
 //! - delivering: [`claim_message`] / [`claim_status_update`] (queued → sending,
 //!   attempts + 1, with a lease), then [`record`] (the outcome and the
-//!   attempt, in one statement); [`requeue_expired`] gives back rows whose
-//!   worker died.
+//!   attempt, in one statement), or [`expire`] for a row claimed past its
+//!   retry deadline (failed with no provider call, so no attempt);
+//!   [`requeue_expired`] gives back rows whose worker died;
+//! - reading the history: [`attempts_for`], scoped to an account.
 //!
 //! `attempts` fences stale writers: an outcome is recorded only if the row is
 //! still `sending` at the attempt the writer claimed, and a publish is marked
@@ -459,6 +461,34 @@ pub async fn record(
     })
 }
 
+/// Fails a claimed row that is past its retry deadline, without an attempt:
+/// no provider call was made, so the history gets no entry, and the claim's
+/// increment of `attempts` is taken back (it counts provider calls). Fenced
+/// like [`record`]: only the claim that `attempt` names may do it. `false`:
+/// the row moved on meanwhile.
+#[instrument(skip(client, error))]
+pub async fn expire(
+    client: &impl GenericClient,
+    kind: JobKind,
+    id: Uuid,
+    attempt: i32,
+    error: &LastError,
+) -> Result<bool> {
+    let t = table(kind);
+    let finished = match kind {
+        JobKind::Message => "failed_at",
+        JobKind::StatusUpdate => "completed_at",
+    };
+    let sql = format!(
+        "UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
+                        attempts = attempts - 1, updated_at = now(), lease_until = NULL
+         WHERE id = $1 AND state = 'sending' AND attempts = $2"
+    );
+    let statement = client.prepare_cached(&sql).await?;
+    let error = error_json(error)?;
+    Ok(client.execute(&statement, &[&id, &attempt, &error]).await? == 1)
+}
+
 /// Text from a provider, made storable: Postgres refuses NUL in text and jsonb.
 fn pg_text(raw: &str) -> String {
     raw.replace('\0', "")
@@ -500,7 +530,7 @@ pub enum AttemptOutcome {
 }
 
 impl AttemptOutcome {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             AttemptOutcome::Delivered => "delivered",
             AttemptOutcome::Retryable => "retryable",
@@ -525,42 +555,64 @@ pub struct Attempt {
     pub started_at: DateTime<Utc>,
 }
 
-/// Every attempt recorded for one message or status update, oldest first.
-pub async fn attempts_for(client: &impl GenericClient, subject_id: Uuid) -> Result<Vec<Attempt>> {
+/// Every attempt recorded for one of `account`'s messages or status updates,
+/// oldest first. `None`: the account has no such row (another account's id
+/// is as unknown as one that never existed).
+#[instrument(skip(client), fields(account_id = %account))]
+pub async fn attempts_for(
+    client: &impl GenericClient,
+    account: AccountId,
+    kind: JobKind,
+    subject_id: Uuid,
+) -> Result<Option<Vec<Attempt>>> {
+    let t = table(kind);
+    // One row per attempt, or one of NULLs for a row with none yet.
+    let sql = format!(
+        "SELECT a.kind, a.subject_id, a.account_id, a.attempt, a.provider, a.outcome,
+                a.http_status, a.error_code, a.error_detail, a.latency_ms, a.started_at
+         FROM {t} s
+         LEFT JOIN delivery_attempts a
+                ON a.subject_id = s.id AND a.account_id = s.account_id AND a.kind = $3
+         WHERE s.id = $1 AND s.account_id = $2
+         ORDER BY a.attempt, a.id"
+    );
+    let statement = client.prepare_cached(&sql).await?;
     let rows = client
-        .query(
-            "SELECT kind, subject_id, account_id, attempt, provider, outcome, http_status,
-                    error_code, error_detail, latency_ms, started_at
-             FROM delivery_attempts WHERE subject_id = $1 ORDER BY attempt, id",
-            &[&subject_id],
-        )
+        .query(&statement, &[&subject_id, &account.0, &kind.as_str()])
         .await?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
     rows.iter()
-        .map(|row| {
-            let kind = match row.get::<_, &str>(0) {
-                "message" => JobKind::Message,
-                "status_update" => JobKind::StatusUpdate,
-                other => return Err(corrupt(format!("attempt kind {other:?}"))),
-            };
-            let outcome = match row.get::<_, &str>(5) {
-                "delivered" => AttemptOutcome::Delivered,
-                "retryable" => AttemptOutcome::Retryable,
-                "permanent" => AttemptOutcome::Permanent,
-                other => return Err(corrupt(format!("attempt outcome {other:?}"))),
-            };
-            Ok(Attempt {
-                kind,
-                subject_id: row.get(1),
-                account: AccountId(row.get(2)),
-                attempt: row.get(3),
-                provider: row.get(4),
-                outcome,
-                http_status: row.get(6),
-                error_code: row.get(7),
-                error_detail: row.get(8),
-                latency_ms: row.get(9),
-                started_at: row.get(10),
-            })
-        })
-        .collect()
+        .filter(|row| row.get::<_, Option<&str>>(0).is_some())
+        .map(attempt_from_row)
+        .collect::<Result<_>>()
+        .map(Some)
+}
+
+fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
+    let kind = match row.get::<_, &str>(0) {
+        "message" => JobKind::Message,
+        "status_update" => JobKind::StatusUpdate,
+        other => return Err(corrupt(format!("attempt kind {other:?}"))),
+    };
+    let outcome = match row.get::<_, &str>(5) {
+        "delivered" => AttemptOutcome::Delivered,
+        "retryable" => AttemptOutcome::Retryable,
+        "permanent" => AttemptOutcome::Permanent,
+        other => return Err(corrupt(format!("attempt outcome {other:?}"))),
+    };
+    Ok(Attempt {
+        kind,
+        subject_id: row.get(1),
+        account: AccountId(row.get(2)),
+        attempt: row.get(3),
+        provider: row.get(4),
+        outcome,
+        http_status: row.get(6),
+        error_code: row.get(7),
+        error_detail: row.get(8),
+        latency_ms: row.get(9),
+        started_at: row.get(10),
+    })
 }

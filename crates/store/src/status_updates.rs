@@ -23,9 +23,12 @@ pub struct StatusUpdate {
     pub completed_at: Option<DateTime<Utc>>,
 }
 
+/// As for messages (see `messages::COLUMNS`): `last_error` is not shown
+/// once the update succeeded.
 const COLUMNS: &str = "s.id, s.user_id, s.status, s.state, s.attempts,
      CASE WHEN s.state = 'queued' AND s.attempts > 0 THEN s.due_at END,
-     s.last_error, s.created_at, s.updated_at, s.completed_at";
+     CASE WHEN s.state <> 'success' THEN s.last_error END,
+     s.created_at, s.updated_at, s.completed_at";
 
 fn from_row(row: &Row) -> Result<StatusUpdate> {
     Ok(StatusUpdate {

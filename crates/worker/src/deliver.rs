@@ -1,5 +1,7 @@
 //! One delivery: claim the row → call the provider → record the outcome and
-//! the attempt (one statement) → ack. Each step's failure has one answer:
+//! the attempt (one statement) → ack. A row claimed past its retry deadline
+//! is failed instead, with no provider call and no attempt. Each step's
+//! failure has one answer:
 //! - undecodable envelope: parked in `{p}.dead`;
 //! - row not claimable: a duplicate envelope; ack and drop;
 //! - Postgres unavailable: wait and try again (the envelope stays unacked, the
@@ -127,20 +129,15 @@ impl Deliverer {
         };
         let attempt = claimed.attempt();
         let started_at = Utc::now();
+        if self.retry.expired(claimed.created_at(), started_at) {
+            self.expire(envelope, attempt, cut_off).await;
+            delivery.ack().await;
+            return;
+        }
         let started = tokio::time::Instant::now();
-        let outcome = if self.retry.expired(claimed.created_at(), started_at) {
-            Outcome::Permanent {
-                error: ProviderError::new(
-                    "expired",
-                    "not delivered before the retry deadline",
-                    None,
-                ),
-            }
-        } else {
-            tokio::select! {
-                outcome = self.call_provider(&claimed) => outcome,
-                () = cut_off.cancelled() => return self.release(envelope, attempt).await,
-            }
+        let outcome = tokio::select! {
+            outcome = self.call_provider(&claimed) => outcome,
+            () = cut_off.cancelled() => return self.release(envelope, attempt).await,
         };
         let latency = started.elapsed();
         let resolution = self
@@ -191,6 +188,36 @@ impl Deliverer {
         // The envelope's job is done either way: the row holds the truth, and
         // a row left leased gets a fresh envelope from the relay.
         delivery.ack().await;
+    }
+
+    /// A row claimed past its retry deadline (it waited out an outage) fails
+    /// without a provider call, so without an attempt in its history.
+    async fn expire(&self, envelope: Envelope, attempt: i32, cut_off: &CancellationToken) {
+        let error = self.retry.expiry_error();
+        let expired = self
+            .persist("expire", cut_off, || async {
+                let client = self.pool.get().await?;
+                pipeline::expire(&client, envelope.kind, envelope.id, attempt, &error).await
+            })
+            .await;
+        match expired {
+            Persisted::Done(true) => warn!(
+                attempt,
+                code = %error.code,
+                detail = %error.detail,
+                "failed for good without calling the provider"
+            ),
+            Persisted::Done(false) => {
+                debug!(attempt, "row moved on before it could be expired")
+            }
+            Persisted::CutOff => warn!(
+                attempt,
+                "could not fail an expired row before shutdown; it will be expired again after its lease"
+            ),
+            Persisted::Failed(err) => {
+                error!(error = ?err, attempt, "cannot fail an expired row; it will be expired again after its lease")
+            }
+        }
     }
 
     /// The shutdown grace ended before the provider answered: give the row

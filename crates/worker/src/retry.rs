@@ -117,6 +117,18 @@ impl RetryPolicy {
             .and_then(|max_age| created_at.checked_add_signed(max_age))
             .is_some_and(|deadline| now > deadline)
     }
+
+    /// The `last_error` of a row that [`expired`](Self::expired).
+    pub fn expiry_error(&self) -> LastError {
+        LastError {
+            code: "expired".into(),
+            detail: format!(
+                "not delivered within KURIR_RETRY_MAX_AGE ({}); given up without another attempt",
+                humantime::format_duration(self.max_age)
+            ),
+            retryable: false,
+        }
+    }
 }
 
 fn last_error(error: &ProviderError, retryable: bool) -> LastError {
@@ -205,6 +217,16 @@ mod tests {
         }
         assert!(policy().expired(now - chrono::Duration::hours(25), now));
         assert!(!policy().expired(now - chrono::Duration::hours(23), now));
+        let expired = policy().expiry_error();
+        assert_eq!(
+            (expired.code.as_str(), expired.retryable),
+            ("expired", false)
+        );
+        assert!(
+            expired.detail.contains("KURIR_RETRY_MAX_AGE (1day)"),
+            "{}",
+            expired.detail
+        );
     }
 
     #[test]

@@ -6,19 +6,27 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
-use kurir_store::{messages, pipeline::Publishable, timed, users};
+use kurir_store::{
+    messages,
+    pipeline::{self, Publishable},
+    timed, users,
+};
 use serde::Deserialize;
 
 use super::users::user_id;
 use crate::{
     AppState,
     dispatch::detached,
-    dto::{Accepted, MessageBody, MessageList, decode_cursor, encode_cursor, parse_limit},
+    dto::{
+        Accepted, AttemptList, Limit, MessageBody, MessageList, decode_cursor, encode_cursor,
+        status_filter,
+    },
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
 };
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SendMessage {
     message: Option<String>,
 }
@@ -95,10 +103,30 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("message"))
 }
 
+/// `GET /v1/messages/{message_id}/attempts`: every provider call, oldest first.
+pub async fn attempts(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Id(id): Id,
+) -> ApiResult<Json<AttemptList>> {
+    let id = message_id(&id)?;
+    let attempts = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        pipeline::attempts_for(&client, account, JobKind::Message, id.0).await
+    })
+    .await?;
+    attempts
+        .map(|attempts| Json(attempts.into()))
+        .ok_or_else(|| ApiError::not_found("message"))
+}
+
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    status: Option<String>,
-    limit: Option<String>,
+    #[serde(default, deserialize_with = "status_filter")]
+    status: Option<MessageStatus>,
+    #[serde(default)]
+    limit: Limit,
     cursor: Option<String>,
 }
 
@@ -112,16 +140,8 @@ pub async fn list(
     Params(query): Params<ListQuery>,
 ) -> ApiResult<Json<MessageList>> {
     let user = user_id(&user)?;
-    let limit = parse_limit(query.limit.as_deref())?;
-    let status = match query.status.as_deref() {
-        None | Some("") => None,
-        Some(raw) => Some(raw.parse::<MessageStatus>().map_err(|_| {
-            ApiError::field(
-                "status",
-                "must be one of queued, sending, sent, delivered, read, failed",
-            )
-        })?),
-    };
+    let Limit(limit) = query.limit;
+    let status = query.status;
     let before = match query.cursor.as_deref() {
         None | Some("") => None,
         Some(cursor) => Some(

@@ -6,19 +6,23 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
-use kurir_store::{pipeline::Publishable, status_updates, timed};
+use kurir_store::{
+    pipeline::{self, Publishable},
+    status_updates, timed,
+};
 use serde::Deserialize;
 
 use super::{messages::location, users::user_id};
 use crate::{
     AppState,
     dispatch::detached,
-    dto::{StatusAccepted, StatusUpdateBody},
+    dto::{AttemptList, StatusAccepted, StatusUpdateBody},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
 };
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetStatus {
     status: Option<String>,
 }
@@ -66,13 +70,17 @@ pub async fn set(
     ))
 }
 
+fn status_update_id(raw: &str) -> ApiResult<StatusUpdateId> {
+    StatusUpdateId::parse(raw).ok_or_else(|| ApiError::not_found("status update"))
+}
+
 /// `GET /v1/status-updates/{id}`.
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
     Id(id): Id,
 ) -> ApiResult<Json<StatusUpdateBody>> {
-    let id = StatusUpdateId::parse(&id).ok_or_else(|| ApiError::not_found("status update"))?;
+    let id = status_update_id(&id)?;
     let update = timed(state.db_timeout, async {
         let client = state.pool.get().await?;
         status_updates::get(&client, account, id).await
@@ -80,5 +88,22 @@ pub async fn get(
     .await?;
     update
         .map(|update| Json(update.into()))
+        .ok_or_else(|| ApiError::not_found("status update"))
+}
+
+/// `GET /v1/status-updates/{id}/attempts`: every provider call, oldest first.
+pub async fn attempts(
+    State(state): State<AppState>,
+    Account(account): Account,
+    Id(id): Id,
+) -> ApiResult<Json<AttemptList>> {
+    let id = status_update_id(&id)?;
+    let attempts = timed(state.db_timeout, async {
+        let client = state.pool.get().await?;
+        pipeline::attempts_for(&client, account, JobKind::StatusUpdate, id.0).await
+    })
+    .await?;
+    attempts
+        .map(|attempts| Json(attempts.into()))
         .ok_or_else(|| ApiError::not_found("status update"))
 }

@@ -11,12 +11,13 @@ use serde::Deserialize;
 
 use crate::{
     AppState,
-    dto::{UserBody, UserList, decode_cursor, encode_cursor, parse_limit},
+    dto::{Limit, UserBody, UserList, decode_cursor, encode_cursor},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
 };
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateUser {
     id: Option<String>,
     name: Option<String>,
@@ -118,8 +119,10 @@ pub async fn get(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    limit: Option<String>,
+    #[serde(default)]
+    limit: Limit,
     cursor: Option<String>,
 }
 
@@ -130,7 +133,7 @@ pub async fn list(
     Account(account): Account,
     Params(query): Params<ListQuery>,
 ) -> ApiResult<Json<UserList>> {
-    let limit = parse_limit(query.limit.as_deref())?;
+    let Limit(limit) = query.limit;
     let after = match query.cursor.as_deref() {
         None | Some("") => None,
         Some(cursor) => {
