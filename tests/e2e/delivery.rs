@@ -250,15 +250,7 @@ async fn a_status_update_shows_its_attempts_and_no_error_once_it_succeeds() {
     options.sandbox.fail_rate = 1.0;
     let app = TestApp::spawn_with(options).await;
     app.create_user("u1", "+62123456789").await;
-    let accepted: Value = app
-        .post("/v1/users/u1/status", &json!({"status": "in a meeting"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = accepted["status_update_id"].as_str().unwrap().to_owned();
+    let id = app.set_status("u1", "in a meeting").await;
 
     // Failing, it shows why.
     let failing = app

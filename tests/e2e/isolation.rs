@@ -11,15 +11,7 @@ async fn one_account_cannot_see_or_touch_anothers_data() {
     let app = TestApp::spawn().await;
     app.create_user("alice", "+62811111111").await;
     let message = app.send("alice", "for alice").await;
-    let update: Value = app
-        .post("/v1/users/alice/status", &json!({"status": "here"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let update = update["status_update_id"].as_str().unwrap().to_owned();
+    let update = app.set_status("alice", "here").await;
 
     let other = app.key_for("test-b").await;
     let get = |path: String| app.http.get(app.url(&path)).bearer_auth(&other).send();
@@ -91,15 +83,7 @@ async fn another_accounts_delivery_attempts_are_404() {
     app.create_user("alice", "+62811111111").await;
     let message = app.send("alice", "for alice").await;
     app.message_with_status(&message, "sent").await;
-    let update: Value = app
-        .post("/v1/users/alice/status", &json!({"status": "here"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let update = update["status_update_id"].as_str().unwrap().to_owned();
+    let update = app.set_status("alice", "here").await;
     app.status_update_until(&update, |u| u["status_update"] == "success")
         .await;
 

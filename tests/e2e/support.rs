@@ -623,6 +623,24 @@ impl TestApp {
         }
     }
 
+    /// Sets a user's status; returns the status update's id.
+    pub async fn set_status(&self, user: &str, status: &str) -> String {
+        let response = self
+            .post(
+                &format!("/v1/users/{user}/status"),
+                &json!({"status": status}),
+            )
+            .send()
+            .await
+            .expect("set status");
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "status for {user}");
+        let body: Value = response.json().await.expect("json");
+        body["status_update_id"]
+            .as_str()
+            .expect("status_update_id")
+            .to_owned()
+    }
+
     pub async fn message(&self, id: &str) -> Value {
         let response = self
             .get(&format!("/v1/messages/{id}"))
