@@ -117,7 +117,8 @@ impl Publisher {
                 debug!(connection = %name, "publisher connected");
                 let _ = sender.send(Some(ready.clone()));
                 let _ = up_sender.send(Ok(()));
-                let channels = [&ready.channel];
+                // A look at a deleted queue closes `check`: reconnecting declares it again.
+                let channels = [&ready.channel, &ready.check];
                 let lost = tokio::select! {
                     () = shutdown.cancelled() => None,
                     why = connection::lost(&ready.connection, &channels) => Some(why),
