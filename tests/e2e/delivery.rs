@@ -324,3 +324,33 @@ async fn a_message_claimed_past_its_retry_deadline_fails_as_expired_without_an_a
     assert!(app.attempts(&id).await.is_empty());
     assert!(app.sandbox_requests_for(&id).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_runs_until_it_is_told_to_stop_however_long_that_takes() {
+    let options = Options {
+        shutdown_grace: Duration::ZERO,
+        start_worker: false,
+        ..Options::default()
+    };
+    let app = TestApp::spawn_with(options).await;
+    app.create_user("u1", "+62123456789").await;
+    let (worker, stop) = app.another_worker();
+    let waiting = tokio::spawn(worker.wait());
+    // Past the limit that bounds a stop (grace + database timeout + 5 s):
+    // nothing was told to stop, so nothing stops.
+    let limit = Duration::from_secs(2) + Duration::from_secs(5) + Duration::from_secs(1);
+    let early = tokio::time::timeout(limit, async {
+        while !waiting.is_finished() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(early.is_err(), "the worker stopped without being told to");
+    let id = app.send("u1", "still working").await;
+    app.message_with_status(&id, "sent").await;
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("the worker stops once told to")
+        .unwrap();
+}

@@ -52,8 +52,9 @@ pub struct Worker {
     publisher: Publisher,
     consuming: watch::Receiver<LinkState>,
     tasks: Tasks,
-    /// How long [`Worker::wait`] waits before it stops what is left.
+    /// How long after shutdown [`Worker::wait`] waits before it stops what is left.
     stop_limit: Duration,
+    shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for Worker {
@@ -137,7 +138,7 @@ impl Worker {
             deliverer,
             consuming_sender,
             tasks.clone(),
-            shutdown,
+            shutdown.clone(),
         ));
         info!(
             provider = ?config.provider.provider,
@@ -153,7 +154,8 @@ impl Worker {
             // The grace, the releases after it, and closing connections.
             stop_limit: config.pipeline.shutdown_grace
                 + config.database.db_timeout
-                + Duration::from_secs(10),
+                + Duration::from_secs(5),
+            shutdown,
         })
     }
 
@@ -176,19 +178,23 @@ impl Worker {
         self.consuming.clone()
     }
 
-    /// Waits for the worker to stop after its shutdown token fired. Tasks
-    /// still running well past the grace period (a stalled dependency, a
-    /// health check holding its connection open) are stopped.
+    /// Runs until the shutdown token fires, then waits for the worker to
+    /// stop. Tasks still running well past the grace period (a stalled
+    /// dependency, a health check holding its connection open) are stopped.
     pub async fn wait(self) {
-        if tokio::time::timeout(self.stop_limit, self.tasks.wait())
-            .await
-            .is_err()
-        {
-            warn!(
-                left = self.tasks.len(),
-                "tasks still running well after the grace period; stopping them"
-            );
-            self.tasks.abort();
+        let overdue = async {
+            self.shutdown.cancelled().await;
+            tokio::time::sleep(self.stop_limit).await;
+        };
+        tokio::select! {
+            () = self.tasks.wait() => {}
+            () = overdue => {
+                warn!(
+                    left = self.tasks.len(),
+                    "tasks still running well after the grace period; stopping them"
+                );
+                self.tasks.abort();
+            }
         }
         self.pool.close();
     }
