@@ -218,9 +218,7 @@ pub async fn wait_sent(
             bail!("{failed} messages failed, {sent} of {expected} sent");
         }
         if Instant::now() > until {
-            bail!(
-                "only {sent} of {expected} messages sent ({failed} failed) within {deadline:?}"
-            );
+            bail!("only {sent} of {expected} messages sent ({failed} failed) within {deadline:?}");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -69,6 +69,10 @@ struct Args {
     /// Seconds to wait for every accepted message to be `sent`
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Remove what a `--keep` run left: drop database NAME and delete the
+    /// queues and exchanges under prefix NAME (stop its processes first)
+    #[arg(long, value_name = "NAME")]
+    clean: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -113,7 +117,10 @@ impl Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kurir-bench: {e}");
@@ -124,6 +131,19 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn real_main(args: Args) -> std::process::ExitCode {
+    if let Some(name) = &args.clean {
+        if !name.starts_with("kurir_bench_") {
+            eprintln!("kurir-bench: --clean only removes kurir_bench_* databases and prefixes");
+            return std::process::ExitCode::from(2);
+        }
+        return match stack::clean(&args.database_url, &args.amqp_url, name).await {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kurir-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let settings = match args.settings() {
         Ok(s) => s,
         Err(e) => {
@@ -131,8 +151,7 @@ async fn real_main(args: Args) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut stack = match Stack::new(settings.bin_dir.clone(), &args.database_url, &args.amqp_url)
-    {
+    let mut stack = match Stack::new(settings.bin_dir.clone(), &args.database_url, &args.amqp_url) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("kurir-bench: {e:#}");
@@ -181,13 +200,28 @@ async fn real_main(args: Args) -> std::process::ExitCode {
             stack.database_url,
             stack.prefix,
             stack.logs.display(),
-            stack.children.iter().map(|c| (&c.name, c.pid)).collect::<Vec<_>>()
+            stack
+                .children
+                .iter()
+                .map(|c| (&c.name, c.pid))
+                .collect::<Vec<_>>()
+        );
+        eprintln!(
+            "kurir-bench: afterwards: kill {}; kurir-bench --clean {}",
+            stack
+                .children
+                .iter()
+                .map(|c| c.pid.to_string())
+                .collect::<Vec<_>>()
+                .join(" "),
+            stack.database
         );
     } else {
-        eprintln!("kurir-bench: stopping the stack, dropping {}", stack.database);
-        stack
-            .cleanup(&[reference::queue_name(&stack.prefix)])
-            .await;
+        eprintln!(
+            "kurir-bench: stopping the stack, dropping {}",
+            stack.database
+        );
+        stack.cleanup(&[reference::queue_name(&stack.prefix)]).await;
         eprintln!("kurir-bench: logs are in {}", stack.logs.display());
     }
     code
@@ -222,7 +256,11 @@ async fn stop_sampling(
 }
 
 /// Prints `label done/total` on stderr every second until aborted.
-fn progress_lines(label: &'static str, done: Arc<AtomicU64>, total: usize) -> tokio::task::JoinHandle<()> {
+fn progress_lines(
+    label: &'static str,
+    done: Arc<AtomicU64>,
+    total: usize,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let start = Instant::now();
         loop {
@@ -286,10 +324,16 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         settings.bin_dir.display(),
         settings.workers
     );
-    stack.start(settings.workers, args.provider_latency_ms).await?;
+    stack
+        .start(settings.workers, args.provider_latency_ms)
+        .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);
 
-    let load = Arc::new(load::Load::new(&stack.api_url, &stack.key, settings.concurrency)?);
+    let load = Arc::new(load::Load::new(
+        &stack.api_url,
+        &stack.key,
+        settings.concurrency,
+    )?);
     eprintln!("kurir-bench: creating {} users", settings.users);
     load.create_users(settings.users).await?;
 
@@ -307,7 +351,10 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         Some(r) => format!("open loop at {r}/s with {} senders", settings.concurrency),
         None => format!("concurrency {}", settings.concurrency),
     };
-    eprintln!("kurir-bench: sending {m} messages to {} users, {mode}", settings.users);
+    eprintln!(
+        "kurir-bench: sending {m} messages to {} users, {mode}",
+        settings.users
+    );
     let requested = Arc::new(AtomicU64::new(0));
     let printer = progress_lines("accepted", requested.clone(), m);
     let sent = tokio::select! {
@@ -325,7 +372,10 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
     }
 
     let db = stack::connect_db(&stack.database_url).await?;
-    eprintln!("kurir-bench: waiting until {} messages are sent", sent.accepted);
+    eprintln!(
+        "kurir-bench: waiting until {} messages are sent",
+        sent.accepted
+    );
     let mut last_print = Instant::now();
     let waited = tokio::select! {
         r = load::wait_sent(&db, sent.accepted, Duration::from_secs(args.timeout), |n| {

@@ -229,9 +229,18 @@ mod tests {
 
     #[test]
     fn argv0_matching() {
-        assert!(argv0_matches(b"/usr/lib/postgresql/15/bin/postgres\0-D\0/x\0", "postgres"));
-        assert!(argv0_matches(b"postgres: 15/main: walwriter \0", "postgres"));
-        assert!(argv0_matches(b"/usr/lib/erlang/erts-13.1.5/bin/beam.smp\0-W\0", "beam.smp"));
+        assert!(argv0_matches(
+            b"/usr/lib/postgresql/15/bin/postgres\0-D\0/x\0",
+            "postgres"
+        ));
+        assert!(argv0_matches(
+            b"postgres: 15/main: walwriter \0",
+            "postgres"
+        ));
+        assert!(argv0_matches(
+            b"/usr/lib/erlang/erts-13.1.5/bin/beam.smp\0-W\0",
+            "beam.smp"
+        ));
         assert!(!argv0_matches(b"/usr/bin/psql\0", "postgres"));
     }
 

@@ -63,7 +63,10 @@ pub async fn run(
     {
         let ch = publish_conn.create_channel().await?;
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+        args.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString("quorum".into()),
+        );
         ch.queue_declare(
             queue.as_str().into(),
             QueueDeclareOptions {
@@ -83,7 +86,9 @@ pub async fn run(
     for _ in 0..n {
         let c = connect_db(database_url).await?;
         let s = c
-            .prepare(&format!("INSERT INTO {TABLE} (id, state) VALUES ($1, 'queued')"))
+            .prepare(&format!(
+                "INSERT INTO {TABLE} (id, state) VALUES ($1, 'queued')"
+            ))
             .await?;
         producers_db.push(Arc::new((c, s)));
         let c = connect_db(database_url).await?;

@@ -237,7 +237,10 @@ reference  6000.5
             &[vec!["kurir".into(), "api".into(), "1".into()]],
             2,
         );
-        assert_eq!(t, "run    process  s\n-----  -------  -\nkurir  api      1\n");
+        assert_eq!(
+            t,
+            "run    process  s\n-----  -------  -\nkurir  api      1\n"
+        );
     }
 
     #[test]

@@ -96,7 +96,6 @@ impl Stack {
         cmd.env("DATABASE_URL", &self.database_url)
             .env("AMQP_URL", &self.amqp_url)
             .env("KURIR_QUEUE_PREFIX", &self.prefix)
-            .env("KURIR_SHUTDOWN_GRACE", "3s")
             .stdin(Stdio::null());
         let log = self.logs.join(format!("{log_name}.log"));
         Ok((cmd, log))
@@ -125,7 +124,13 @@ impl Stack {
         Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
     }
 
-    fn spawn(&mut self, bin: &str, name: &str, args: &[&str], env: &[(&str, String)]) -> Result<()> {
+    fn spawn(
+        &mut self,
+        bin: &str,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Result<()> {
         let (mut cmd, log) = self.command(bin, name)?;
         let out = std::fs::File::create(&log)?;
         let err = out.try_clone()?;
@@ -201,8 +206,13 @@ impl Stack {
             .timeout(Duration::from_secs(2))
             .build()?;
         let deadline = Instant::now() + READY_TIMEOUT;
-        self.wait_ready(&http, "sandbox", &format!("http://127.0.0.1:{sandbox_port}/__sandbox/messages"), deadline)
-            .await?;
+        self.wait_ready(
+            &http,
+            "sandbox",
+            &format!("http://127.0.0.1:{sandbox_port}/__sandbox/messages"),
+            deadline,
+        )
+        .await?;
         self.wait_ready(&http, "api", &format!("{}/readyz", self.api_url), deadline)
             .await?;
         for i in 1..=workers {
@@ -232,7 +242,10 @@ impl Stack {
             }
             self.check_alive()?;
             if Instant::now() > deadline {
-                bail!("{name} did not log its health address; see {}", log.display());
+                bail!(
+                    "{name} did not log its health address; see {}",
+                    log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -263,7 +276,9 @@ impl Stack {
             if Instant::now() > deadline {
                 bail!(
                     "{name} not ready at {url} within {READY_TIMEOUT:?}; see {}",
-                    self.log_of(name).map(|l| l.display().to_string()).unwrap_or_default()
+                    self.log_of(name)
+                        .map(|l| l.display().to_string())
+                        .unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -301,7 +316,7 @@ impl Stack {
     /// SIGTERM to every child, SIGKILL to those still running after a few seconds.
     pub async fn stop_children(&mut self) {
         for c in &self.children {
-            if matches!(c.child.id(), Some(_)) {
+            if c.child.id().is_some() {
                 let _ = std::process::Command::new("kill")
                     .args(["-TERM", &c.pid.to_string()])
                     .stderr(Stdio::null())
@@ -332,9 +347,18 @@ impl Stack {
             }
         }
         if let Err(e) = delete_queues(&self.amqp_url, &self.prefix, extra_queues).await {
-            eprintln!("warning: could not delete queues under {}: {e:#}", self.prefix);
+            eprintln!(
+                "warning: could not delete queues under {}: {e:#}",
+                self.prefix
+            );
         }
     }
+}
+
+/// Drops database `name` and deletes the queues under prefix `name`.
+pub async fn clean(base_url: &str, amqp_url: &str, name: &str) -> Result<()> {
+    drop_database(base_url, name).await?;
+    delete_queues(amqp_url, name, &[crate::reference::queue_name(name)]).await
 }
 
 pub async fn connect_db(url: &str) -> Result<tokio_postgres::Client> {
