@@ -1,0 +1,243 @@
+//! Load against kurir's HTTP API, and waiting for Postgres to say `sent`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+pub struct Load {
+    pub http: reqwest::Client,
+    pub api: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default)]
+pub struct Sent {
+    /// Latency of each accepted request, seconds.
+    pub latencies: Vec<f64>,
+    pub accepted: u64,
+    pub rejected: u64,
+    pub first_error: Option<String>,
+    /// From the first request's start to the last accept.
+    pub span: Duration,
+    pub late: Option<u64>,
+}
+
+/// Users' E.164 numbers: Indonesian mobile numbers, far from the sandbox's
+/// magic `+1555000000x`.
+pub fn phone_number(i: usize) -> String {
+    format!("+62812{i:08}")
+}
+
+pub fn user_id(i: usize) -> String {
+    format!("bench_{i:05}")
+}
+
+impl Load {
+    pub fn new(api: &str, key: &str, concurrency: usize) -> Result<Self> {
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(concurrency)
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Self {
+            http,
+            api: api.to_owned(),
+            key: key.to_owned(),
+        })
+    }
+
+    pub async fn create_users(&self, users: usize) -> Result<()> {
+        use futures_util::StreamExt;
+        let results: Vec<Result<()>> = futures_util::stream::iter(0..users)
+            .map(|i| async move {
+                let resp = self
+                    .http
+                    .post(format!("{}/v1/users", self.api))
+                    .bearer_auth(&self.key)
+                    .json(&json!({"id": user_id(i), "name": format!("Bench User {i}"), "phone_number": phone_number(i)}))
+                    .send()
+                    .await
+                    .context("POST /v1/users")?;
+                let status = resp.status();
+                if status.as_u16() != 201 {
+                    let body = resp.text().await.unwrap_or_default();
+                    bail!("POST /v1/users answered {status}: {body}");
+                }
+                Ok(())
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// Sends `messages` single-message POSTs, closed loop at `concurrency`,
+    /// or open loop at `rate` per second with `concurrency` senders.
+    pub async fn send(
+        self: Arc<Self>,
+        messages: usize,
+        users: usize,
+        concurrency: usize,
+        rate: Option<f64>,
+        progress: Arc<AtomicU64>,
+    ) -> Result<Sent> {
+        let next = Arc::new(AtomicUsize::new(0));
+        let late = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut tasks = Vec::with_capacity(concurrency);
+        for _ in 0..concurrency {
+            let (this, next, late, progress) =
+                (self.clone(), next.clone(), late.clone(), progress.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut out = Sent::default();
+                let mut last_accept = start;
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= messages {
+                        break;
+                    }
+                    if let Some(rate) = rate {
+                        let slot = start + Duration::from_secs_f64(i as f64 / rate);
+                        tokio::time::sleep_until(slot.into()).await;
+                        if Instant::now().saturating_duration_since(slot) > Duration::from_millis(5)
+                        {
+                            late.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let user = user_id(i % users);
+                    let began = Instant::now();
+                    let resp = this
+                        .http
+                        .post(format!("{}/v1/users/{user}/messages", this.api))
+                        .bearer_auth(&this.key)
+                        .json(&json!({"message": format!("bench message {i}")}))
+                        .send()
+                        .await;
+                    let outcome = match resp {
+                        Ok(r) if r.status().as_u16() == 202 => {
+                            // Read the body so the connection is reused.
+                            let _ = r.bytes().await;
+                            Ok(())
+                        }
+                        Ok(r) => {
+                            let status = r.status();
+                            Err(format!("{status}: {}", r.text().await.unwrap_or_default()))
+                        }
+                        Err(e) => Err(e.to_string()),
+                    };
+                    let now = Instant::now();
+                    match outcome {
+                        Ok(()) => {
+                            out.accepted += 1;
+                            out.latencies.push((now - began).as_secs_f64());
+                            last_accept = last_accept.max(now);
+                        }
+                        Err(e) => {
+                            out.rejected += 1;
+                            out.first_error.get_or_insert(e);
+                        }
+                    }
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
+                out.span = last_accept - start;
+                out
+            }));
+        }
+        let mut all = Sent::default();
+        for t in tasks {
+            let part = t.await?;
+            all.accepted += part.accepted;
+            all.rejected += part.rejected;
+            all.latencies.extend(part.latencies);
+            all.span = all.span.max(part.span);
+            if all.first_error.is_none() {
+                all.first_error = part.first_error;
+            }
+        }
+        all.late = rate.map(|_| late.load(Ordering::Relaxed));
+        Ok(all)
+    }
+}
+
+/// Figures the messages table (or the reference table) gives once done.
+#[derive(Debug, Default)]
+pub struct Settled {
+    pub sent: u64,
+    /// First accept (min created_at) to last sent (max sent_at), seconds.
+    pub span: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+pub async fn settled(db: &tokio_postgres::Client, table: &str) -> Result<Settled> {
+    let row = db
+        .query_one(
+            &format!(
+                "SELECT count(*),
+                        EXTRACT(EPOCH FROM max(sent_at) - min(created_at))::float8,
+                        percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM sent_at - created_at)::float8),
+                        percentile_cont(0.99) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM sent_at - created_at)::float8)
+                   FROM {table} WHERE state = 'sent'"
+            ),
+            &[],
+        )
+        .await?;
+    Ok(Settled {
+        sent: u64::try_from(row.get::<_, i64>(0)).unwrap_or(0),
+        span: row.get(1),
+        p50: row.get(2),
+        p99: row.get(3),
+    })
+}
+
+/// Polls every 100 ms until `expected` rows are `sent`; an error past the
+/// deadline or when some failed for good.
+pub async fn wait_sent(
+    db: &tokio_postgres::Client,
+    expected: u64,
+    deadline: Duration,
+    mut progress: impl FnMut(u64),
+) -> Result<()> {
+    let until = Instant::now() + deadline;
+    loop {
+        let row = db
+            .query_one(
+                "SELECT count(*) FILTER (WHERE state = 'sent'), count(*) FILTER (WHERE state = 'failed') FROM messages",
+                &[],
+            )
+            .await?;
+        let sent = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);
+        let failed = u64::try_from(row.get::<_, i64>(1)).unwrap_or(0);
+        progress(sent);
+        if sent >= expected {
+            return Ok(());
+        }
+        if failed > 0 && sent + failed >= expected {
+            bail!("{failed} messages failed, {sent} of {expected} sent");
+        }
+        if Instant::now() > until {
+            bail!("only {sent} of {expected} messages sent ({failed} failed) within {deadline:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_e164_unique_and_not_magic() {
+        let a = phone_number(0);
+        let b = phone_number(99_999);
+        assert_ne!(a, b);
+        for n in [a, b] {
+            assert!(n.starts_with('+'));
+            assert!(n.len() <= 16, "{n}");
+            assert!(n[1..].chars().all(|c| c.is_ascii_digit()));
+            assert!(!n.starts_with("+1555"));
+        }
+    }
+}
