@@ -17,8 +17,10 @@ async fn assert_401(response: reqwest::Response) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn missing_wrong_and_revoked_keys_are_401() {
-    let app = TestApp::spawn().await;
+async fn missing_wrong_and_revoked_keys_are_401_a_revoked_one_within_the_key_cache_lifetime() {
+    let mut options = crate::support::Options::default();
+    options.api.key_cache_ttl = std::time::Duration::from_secs(1);
+    let app = TestApp::spawn_with(options).await;
     let users = app.url("/v1/users");
 
     assert_401(app.http.get(&users).send().await.unwrap()).await;
@@ -60,7 +62,15 @@ async fn missing_wrong_and_revoked_keys_are_401() {
             .await
             .unwrap()
     );
-    assert_401(app.http.get(&users).bearer_auth(&key).send().await.unwrap()).await;
+    // The key was found valid a moment ago and may be trusted for the cache's
+    // lifetime (1 s here), not longer.
+    let refused = crate::support::eventually(std::time::Duration::from_secs(5), || async {
+        let response = app.http.get(&users).bearer_auth(&key).send().await.unwrap();
+        (response.status() == StatusCode::UNAUTHORIZED).then_some(response)
+    })
+    .await
+    .expect("a revoked key stops working within the cache's lifetime");
+    assert_401(refused).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

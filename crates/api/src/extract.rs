@@ -200,14 +200,19 @@ impl FromRequestParts<AppState> for Account {
                 ApiError::unauthorized("send your API key as Authorization: Bearer <key>")
             })?;
         let hash = apikey::hash(token);
+        if let Some(account) = state.keys.get(&hash) {
+            return Ok(Account(account));
+        }
         let account = timed(state.db_timeout, async {
             let client = state.pool.get().await?;
             keys::account_for_key(&client, &hash).await
         })
         .await?;
-        account
-            .map(Account)
-            .ok_or_else(|| ApiError::unauthorized("the API key is not valid (unknown or revoked)"))
+        let account = account.ok_or_else(|| {
+            ApiError::unauthorized("the API key is not valid (unknown or revoked)")
+        })?;
+        state.keys.put(&hash, account);
+        Ok(Account(account))
     }
 }
 

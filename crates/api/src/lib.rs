@@ -10,6 +10,7 @@ pub mod dispatch;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod keycache;
 pub mod ops;
 pub mod routes;
 pub mod server;
@@ -59,6 +60,8 @@ pub struct AppState {
     pub publish_lease: Duration,
     pub max_body_bytes: u64,
     pub timeouts: server::ClientTimeouts,
+    /// API keys found valid a moment ago.
+    pub keys: keycache::KeyCache,
 }
 
 impl std::fmt::Debug for AppState {
@@ -100,6 +103,7 @@ impl AppState {
             publish_lease: config.pipeline.publish_lease,
             max_body_bytes: config.api.max_body_bytes,
             timeouts: server::ClientTimeouts::from(&config.api),
+            keys: keycache::KeyCache::new(config.api.key_cache_ttl),
         })
     }
 

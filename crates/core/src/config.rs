@@ -195,6 +195,11 @@ pub struct ApiArgs {
     /// server closes it.
     #[arg(long, env = "KURIR_IDLE_TIMEOUT", default_value = "60s", value_parser = positive_duration)]
     pub idle_timeout: Duration,
+
+    /// How long an API key found valid is trusted without asking Postgres
+    /// again: a revoked key stops working within this. `0s` asks every time.
+    #[arg(long, env = "KURIR_KEY_CACHE_TTL", default_value = "5s", value_parser = duration)]
+    pub key_cache_ttl: Duration,
 }
 
 /// Which provider the worker delivers through.
