@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use chrono::DurationRound;
 use kurir_store::pipeline::AttemptOutcome;
+use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use crate::support::{Options, TestApp};
@@ -353,4 +354,47 @@ async fn a_worker_runs_until_it_is_told_to_stop_however_long_that_takes() {
         .await
         .expect("the worker stops once told to")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_committed_together_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+62123456789").await;
+    // Many at once, so that they share commits; every other one names a
+    // user that does not exist, which fails that request alone.
+    let sends = (0..64).map(|n| {
+        let user = if n % 2 == 0 { "u1" } else { "nobody" };
+        let app = &app;
+        async move {
+            let response = app
+                .post(
+                    &format!("/v1/users/{user}/messages"),
+                    &json!({"message": format!("together {n}")}),
+                )
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (user, status, body)
+        }
+    });
+    let answers = futures_util::future::join_all(sends).await;
+    let mut accepted = Vec::new();
+    for (user, status, body) in answers {
+        if user == "u1" {
+            assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+            assert_eq!(body["message_status"], "queued");
+            accepted.push(body["message_id"].as_str().unwrap().to_owned());
+        } else {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+            assert_eq!(body["type"], "https://kurir.dev/problems/not-found");
+        }
+    }
+    assert_eq!(accepted.len(), 32);
+    for id in &accepted {
+        app.message_with_status(id, "sent").await;
+    }
+    let listed = app.get_json("/v1/users/u1/messages?limit=100").await;
+    assert_eq!(listed["messages"].as_array().unwrap().len(), 32);
 }

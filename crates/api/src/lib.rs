@@ -6,6 +6,7 @@
 //! ([`dispatch`]). The API never talks to a provider. No SQL here (that is
 //! `kurir-store`), no AMQP (that is `kurir-bus`).
 
+pub mod accept;
 pub mod dispatch;
 pub mod dto;
 pub mod error;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub pool: PgPool,
     pub publisher: Publisher,
     pub dispatcher: Dispatcher,
+    /// Group commit of accepted messages.
+    pub accepter: accept::Accepter,
     /// Every task the API spawns: its publisher, dispatcher and accepts.
     pub tasks: Tasks,
     pub db_timeout: Duration,
@@ -94,10 +97,18 @@ impl AppState {
             &tasks,
             shutdown.clone(),
         );
+        let accepter = accept::Accepter::start(
+            pool.clone(),
+            dispatcher.clone(),
+            config.database.db_timeout,
+            config.pipeline.publish_lease,
+            &tasks,
+        );
         Ok(Self {
             pool,
             publisher,
             dispatcher,
+            accepter,
             tasks,
             db_timeout: config.database.db_timeout,
             publish_lease: config.pipeline.publish_lease,

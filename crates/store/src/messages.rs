@@ -63,38 +63,51 @@ fn from_row(row: &Row) -> Result<Message> {
     })
 }
 
-/// Accepts a message for `user`: one statement that checks the user belongs to
-/// the account and inserts the row, `queued`, with a publish lease held by the
-/// caller (who publishes it right after the commit). `None`: no such user.
-#[instrument(skip(client, body), fields(account_id = %account, user_id = %user))]
-pub async fn insert(
+/// One message to accept, for [`insert_many`].
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub id: MessageId,
+    pub account: AccountId,
+    pub user: UserId,
+    pub body: MessageBody,
+}
+
+/// Accepts many messages in one statement (one commit: the group commit of
+/// concurrent requests), each holding a publish lease. Returns the ids
+/// stored; a message whose user does not exist in its account is not.
+#[instrument(skip_all, fields(count = messages.len()))]
+pub async fn insert_many(
     client: &impl GenericClient,
-    account: AccountId,
-    user: &UserId,
-    id: MessageId,
-    body: &MessageBody,
+    messages: &[NewMessage],
     publish_lease: Duration,
-) -> Result<Option<Message>> {
-    let sql = format!(
-        "INSERT INTO messages AS m (id, account_id, user_id, body, publish_lease_until)
-         SELECT $1, u.account_id, u.id, $4, now() + make_interval(secs => $5)
-         FROM users u WHERE u.account_id = $2 AND u.id = $3
-         RETURNING {COLUMNS}"
-    );
-    let statement = client.prepare_cached(&sql).await?;
-    let row = client
-        .query_opt(
+) -> Result<Vec<MessageId>> {
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO messages (id, account_id, user_id, body, publish_lease_until)
+             SELECT n.id, u.account_id, u.id, n.body, now() + make_interval(secs => $5)
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
+                  AS n(id, account_id, user_id, body)
+             JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
+             RETURNING id",
+        )
+        .await?;
+    let ids: Vec<Uuid> = messages.iter().map(|m| m.id.0).collect();
+    let accounts: Vec<i64> = messages.iter().map(|m| m.account.0).collect();
+    let users: Vec<&str> = messages.iter().map(|m| m.user.as_str()).collect();
+    let bodies: Vec<&str> = messages.iter().map(|m| m.body.as_str()).collect();
+    let rows = client
+        .query(
             &statement,
             &[
-                &id.0,
-                &account.0,
-                &user.as_str(),
-                &body.as_str(),
+                &ids,
+                &accounts,
+                &users,
+                &bodies,
                 &publish_lease.as_secs_f64(),
             ],
         )
         .await?;
-    row.as_ref().map(from_row).transpose()
+    Ok(rows.iter().map(|row| MessageId(row.get(0))).collect())
 }
 
 pub async fn get(

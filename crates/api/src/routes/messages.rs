@@ -7,9 +7,8 @@ use axum::{
 };
 use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
 use kurir_store::{
-    messages,
-    pipeline::{self, Publishable},
-    timed, users,
+    messages::{self, NewMessage},
+    pipeline, timed, users,
 };
 use serde::Deserialize;
 
@@ -55,29 +54,23 @@ pub async fn send(
         return Err(ApiError::validation(errors));
     };
     let id = MessageId::generate();
-    let tasks = state.tasks.clone();
-    let message = detached(&tasks, async move {
-        let message = timed(state.db_timeout, async {
-            let client = state.pool.get().await?;
-            messages::insert(&client, account, &user, id, &text, state.publish_lease).await
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
-        state.dispatcher.submit(Publishable {
-            kind: JobKind::Message,
-            id: message.id.0,
-            account,
-            attempts: 0,
-        });
-        Ok(message)
-    })
-    .await?;
+    let message = NewMessage {
+        id,
+        account,
+        user,
+        body: text,
+    };
+    // Committed with whatever else is being accepted now (one INSERT, one
+    // commit); the accept runs on its own task so that a client hanging up
+    // cannot split the commit from the hand-over to the dispatcher.
+    let accepter = state.accepter.clone();
+    detached(&state.tasks, async move { accepter.accept(message).await }).await?;
     Ok((
         StatusCode::ACCEPTED,
-        location(format!("/v1/messages/{}", message.id)),
+        location(format!("/v1/messages/{id}")),
         Json(Accepted {
-            message_id: message.id.to_string(),
-            message_status: message.status.as_str(),
+            message_id: id.to_string(),
+            message_status: MessageStatus::Queued.as_str(),
         }),
     ))
 }
