@@ -40,11 +40,24 @@ pub enum StoreError {
     /// The migrations could not be applied.
     #[error("migration failed: {0}")]
     Migration(String),
+    /// An error of another kind, as text: one statement's failure handed to
+    /// each of the callers it served.
+    #[error("{0}")]
+    Shared(String),
 }
 
 impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, StoreError::Unavailable(_))
+    }
+
+    /// The same error for another caller of a statement that served several:
+    /// an outage stays an outage, anything else keeps its text.
+    pub fn share(&self) -> StoreError {
+        match self {
+            StoreError::Unavailable(cause) => StoreError::Unavailable(cause.clone()),
+            other => StoreError::Shared(other.to_string()),
+        }
     }
 }
 

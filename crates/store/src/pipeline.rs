@@ -5,7 +5,7 @@
 //!   [`release_publish`]; the guard [`claim_stale_published`] publishes again
 //!   what stayed `queued` long after it was published; [`replay`] re-drives
 //!   a row an operator took from the dead-letter queue;
-//! - delivering: [`claim_message`] / [`claim_status_update`] (queued → sending,
+//! - delivering: [`claim_messages`] / [`claim_status_updates`] (queued → sending,
 //!   attempts + 1, with a lease), then [`record`] (the outcome and the
 //!   attempt, in one statement), or [`expire`] for a row claimed past its
 //!   retry deadline (failed with no provider call, so no attempt);
@@ -276,56 +276,63 @@ fn claim_sql(kind: JobKind, payload: &str) -> String {
              lease_until = now() + make_interval(secs => $2),
              publish_lease_until = NULL, updated_at = now()
          FROM users u
-         WHERE j.id = $1 AND j.state = 'queued' AND j.due_at <= now()
+         WHERE j.id = ANY($1) AND j.state = 'queued' AND j.due_at <= now()
            AND u.account_id = j.account_id AND u.id = j.user_id
          RETURNING j.id, j.account_id, j.user_id, u.phone_number, {payload}, j.attempts, j.created_at"
     )
 }
 
-/// Takes a message for delivery: `queued` and due → `sending`, attempts + 1,
-/// leased. `None` if it is not claimable (delivered already, not due yet, or
-/// another worker holds it): the broker copy is then a harmless duplicate.
-#[instrument(skip(client))]
-pub async fn claim_message(
+/// Takes messages for delivery, in one statement for many envelopes at once:
+/// `queued` and due → `sending`, attempts + 1, leased. An id missing from
+/// the answer is not claimable (delivered already, not due yet, or another
+/// worker holds it): its broker copy is a harmless duplicate.
+#[instrument(skip_all, fields(count = ids.len()))]
+pub async fn claim_messages(
     client: &impl GenericClient,
-    id: Uuid,
+    ids: &[Uuid],
     lease: Duration,
-) -> Result<Option<ClaimedMessage>> {
+) -> Result<Vec<ClaimedMessage>> {
     let statement = client
         .prepare_cached(&claim_sql(JobKind::Message, "j.body"))
         .await?;
-    let row = client.query_opt(&statement, &[&id, &secs(lease)]).await?;
-    Ok(row.map(|row| ClaimedMessage {
-        id: row.get(0),
-        account: AccountId(row.get(1)),
-        user_id: UserId::from_trusted(row.get(2)),
-        to: PhoneNumber::from_trusted(row.get(3)),
-        body: MessageBody::from_trusted(row.get(4)),
-        attempt: row.get(5),
-        created_at: row.get(6),
-    }))
+    let rows = client.query(&statement, &[&ids, &secs(lease)]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| ClaimedMessage {
+            id: row.get(0),
+            account: AccountId(row.get(1)),
+            user_id: UserId::from_trusted(row.get(2)),
+            to: PhoneNumber::from_trusted(row.get(3)),
+            body: MessageBody::from_trusted(row.get(4)),
+            attempt: row.get(5),
+            created_at: row.get(6),
+        })
+        .collect())
 }
 
-/// Takes a status update for delivery, as [`claim_message`].
-#[instrument(skip(client))]
-pub async fn claim_status_update(
+/// Takes status updates for delivery, as [`claim_messages`].
+#[instrument(skip_all, fields(count = ids.len()))]
+pub async fn claim_status_updates(
     client: &impl GenericClient,
-    id: Uuid,
+    ids: &[Uuid],
     lease: Duration,
-) -> Result<Option<ClaimedStatusUpdate>> {
+) -> Result<Vec<ClaimedStatusUpdate>> {
     let statement = client
         .prepare_cached(&claim_sql(JobKind::StatusUpdate, "j.status"))
         .await?;
-    let row = client.query_opt(&statement, &[&id, &secs(lease)]).await?;
-    Ok(row.map(|row| ClaimedStatusUpdate {
-        id: row.get(0),
-        account: AccountId(row.get(1)),
-        user_id: UserId::from_trusted(row.get(2)),
-        phone_number: PhoneNumber::from_trusted(row.get(3)),
-        status: StatusText::from_trusted(row.get(4)),
-        attempt: row.get(5),
-        created_at: row.get(6),
-    }))
+    let rows = client.query(&statement, &[&ids, &secs(lease)]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| ClaimedStatusUpdate {
+            id: row.get(0),
+            account: AccountId(row.get(1)),
+            user_id: UserId::from_trusted(row.get(2)),
+            phone_number: PhoneNumber::from_trusted(row.get(3)),
+            status: StatusText::from_trusted(row.get(4)),
+            attempt: row.get(5),
+            created_at: row.get(6),
+        })
+        .collect())
 }
 
 /// What an attempt decided for its row.

@@ -18,7 +18,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use kurir_bus::{Delivery, Envelope, Publisher};
-use kurir_core::{JobKind, LastError, MessageId, StatusUpdateId, runtime::Reconnect};
+use kurir_core::{LastError, MessageId, StatusUpdateId, runtime::Reconnect};
 use kurir_store::PgPool as Pool;
 use kurir_store::{
     StoreError,
@@ -42,10 +42,12 @@ pub struct Deliverer {
     pub lease: Duration,
     pub db_timeout: Duration,
     pub provider_timeout: Duration,
+    /// Claims rows together with the other deliveries in flight.
+    pub(crate) claimer: crate::claim::Claimer,
 }
 
 /// A claimed row, ready for the provider.
-enum Claimed {
+pub(crate) enum Claimed {
     Message(pipeline::ClaimedMessage),
     StatusUpdate(pipeline::ClaimedStatusUpdate),
 }
@@ -238,17 +240,7 @@ impl Deliverer {
     }
 
     async fn claim(&self, envelope: Envelope) -> Result<Option<Claimed>, StoreError> {
-        let client = self.pool.get().await?;
-        Ok(match envelope.kind {
-            JobKind::Message => pipeline::claim_message(&client, envelope.id, self.lease)
-                .await?
-                .map(Claimed::Message),
-            JobKind::StatusUpdate => {
-                pipeline::claim_status_update(&client, envelope.id, self.lease)
-                    .await?
-                    .map(Claimed::StatusUpdate)
-            }
-        })
+        self.claimer.claim(envelope.kind, envelope.id).await
     }
 
     async fn record(

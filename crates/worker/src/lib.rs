@@ -9,6 +9,7 @@
 //! Every task of a worker is owned by its [`Tasks`]; the consuming loop owns
 //! its RabbitMQ subscription and replaces it whole when it is lost.
 
+mod claim;
 pub mod deliver;
 pub mod provider;
 pub mod relay;
@@ -126,6 +127,12 @@ impl Worker {
             lease: config.worker.delivery_lease,
             db_timeout: config.database.db_timeout,
             provider_timeout: config.provider.provider_timeout,
+            claimer: claim::Claimer::start(
+                pool.clone(),
+                config.worker.delivery_lease,
+                config.database.db_timeout,
+                &tasks,
+            ),
         });
         let (consuming_sender, consuming) = watch::channel(Err("not consuming yet".to_owned()));
         tasks.spawn(kurir_bus::report_broker(
