@@ -86,6 +86,73 @@ impl Tasks {
     }
 }
 
+/// Work asked for one item at a time and done for many at once: a group
+/// commit. Each caller hands in its item and waits for its own answer; one
+/// task gathers whatever arrived meanwhile (up to `batch`) and runs `work`
+/// on the group, with at most `in_flight` groups running at once (while they
+/// run, the next group forms). `work` must answer every item. The gatherer
+/// ends once every clone of the handle is gone.
+pub struct Grouped<T, A> {
+    tx: tokio::sync::mpsc::Sender<(T, tokio::sync::oneshot::Sender<A>)>,
+}
+
+impl<T, A> Clone for Grouped<T, A> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<T, A> std::fmt::Debug for Grouped<T, A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grouped").finish_non_exhaustive()
+    }
+}
+
+/// One item of a group and where its answer goes.
+pub type Asked<T, A> = (T, tokio::sync::oneshot::Sender<A>);
+
+impl<T: Send + 'static, A: Send + 'static> Grouped<T, A> {
+    pub fn start<F, Fut>(batch: usize, in_flight: usize, tasks: &Tasks, work: F) -> Self
+    where
+        F: Fn(Vec<Asked<T, A>>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(batch * in_flight);
+        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        let spawner = tasks.clone();
+        tasks.spawn(async move {
+            loop {
+                // Wait for room first: while every slot works, items gather.
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    return;
+                };
+                let mut group = Vec::with_capacity(batch);
+                if rx.recv_many(&mut group, batch).await == 0 {
+                    return;
+                }
+                let running = work(group);
+                spawner.spawn(async move {
+                    running.await;
+                    drop(permit);
+                });
+            }
+        });
+        Self { tx }
+    }
+
+    /// Hands in `item` and waits for its answer; `gone()` if the gatherer
+    /// has stopped (the process is shutting down).
+    pub async fn ask(&self, item: T, gone: impl Fn() -> A) -> A {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        if self.tx.send((item, answer)).await.is_err() {
+            return gone();
+        }
+        answered.await.unwrap_or_else(|_| gone())
+    }
+}
+
 /// The reconnect schedule of every loop that waits for Postgres or RabbitMQ
 /// to come back: `backoff`'s `ExponentialBackoff` (factor 2, ±20 % jitter,
 /// no time limit), [`Reconnect::succeeded`] resets it. It also counts the
@@ -182,6 +249,35 @@ mod tests {
             })
             .collect();
         assert_eq!(said, vec![1, 10, 20, 30]);
+    }
+
+    #[tokio::test]
+    async fn a_group_answers_each_item_and_groups_form_while_work_runs() {
+        let tasks = Tasks::new();
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let seen = sizes.clone();
+        let doubled = Grouped::start(8, 1, &tasks, move |group: Vec<Asked<u32, u32>>| {
+            seen.lock().unwrap().push(group.len());
+            async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                for (n, answer) in group {
+                    let _ = answer.send(n * 2);
+                }
+            }
+        });
+        let asks = (0..20).map(|n| {
+            let doubled = doubled.clone();
+            async move { doubled.ask(n, || 0).await }
+        });
+        let answers = futures_util::future::join_all(asks).await;
+        assert_eq!(answers, (0..20).map(|n| n * 2).collect::<Vec<_>>());
+        let sizes = sizes.lock().unwrap().clone();
+        assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
+        assert!(sizes.len() < 20, "items were grouped: {sizes:?}");
+        drop(doubled);
+        tokio::time::timeout(Duration::from_secs(5), tasks.wait())
+            .await
+            .expect("the gatherer ends with its last handle");
     }
 
     #[tokio::test]

@@ -43,7 +43,7 @@ pub struct Deliverer {
     pub db_timeout: Duration,
     pub provider_timeout: Duration,
     /// Claims rows together with the other deliveries in flight.
-    pub(crate) claimer: crate::claim::Claimer,
+    pub(crate) groups: crate::group::Groups,
 }
 
 /// A claimed row, ready for the provider.
@@ -240,7 +240,7 @@ impl Deliverer {
     }
 
     async fn claim(&self, envelope: Envelope) -> Result<Option<Claimed>, StoreError> {
-        self.claimer.claim(envelope.kind, envelope.id).await
+        self.groups.claim(envelope.kind, envelope.id).await
     }
 
     async fn record(

@@ -9,8 +9,8 @@
 //! Every task of a worker is owned by its [`Tasks`]; the consuming loop owns
 //! its RabbitMQ subscription and replaces it whole when it is lost.
 
-mod claim;
 pub mod deliver;
+mod group;
 pub mod provider;
 pub mod relay;
 pub mod retry;
@@ -127,7 +127,7 @@ impl Worker {
             lease: config.worker.delivery_lease,
             db_timeout: config.database.db_timeout,
             provider_timeout: config.provider.provider_timeout,
-            claimer: claim::Claimer::start(
+            groups: group::Groups::start(
                 pool.clone(),
                 config.worker.delivery_lease,
                 config.database.db_timeout,
