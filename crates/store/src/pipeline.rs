@@ -282,6 +282,18 @@ fn claim_sql(kind: JobKind, payload: &str) -> String {
     )
 }
 
+/// Runs the claim of `kind` for `ids`; rows as [`claim_sql`] returns them.
+async fn claim_rows(
+    client: &impl GenericClient,
+    kind: JobKind,
+    payload: &str,
+    ids: &[Uuid],
+    lease: Duration,
+) -> Result<Vec<tokio_postgres::Row>> {
+    let statement = client.prepare_cached(&claim_sql(kind, payload)).await?;
+    Ok(client.query(&statement, &[&ids, &secs(lease)]).await?)
+}
+
 /// Takes messages for delivery, in one statement for many envelopes at once:
 /// `queued` and due → `sending`, attempts + 1, leased. An id missing from
 /// the answer is not claimable (delivered already, not due yet, or another
@@ -292,10 +304,7 @@ pub async fn claim_messages(
     ids: &[Uuid],
     lease: Duration,
 ) -> Result<Vec<ClaimedMessage>> {
-    let statement = client
-        .prepare_cached(&claim_sql(JobKind::Message, "j.body"))
-        .await?;
-    let rows = client.query(&statement, &[&ids, &secs(lease)]).await?;
+    let rows = claim_rows(client, JobKind::Message, "j.body", ids, lease).await?;
     Ok(rows
         .iter()
         .map(|row| ClaimedMessage {
@@ -317,10 +326,7 @@ pub async fn claim_status_updates(
     ids: &[Uuid],
     lease: Duration,
 ) -> Result<Vec<ClaimedStatusUpdate>> {
-    let statement = client
-        .prepare_cached(&claim_sql(JobKind::StatusUpdate, "j.status"))
-        .await?;
-    let rows = client.query(&statement, &[&ids, &secs(lease)]).await?;
+    let rows = claim_rows(client, JobKind::StatusUpdate, "j.status", ids, lease).await?;
     Ok(rows
         .iter()
         .map(|row| ClaimedStatusUpdate {

@@ -103,14 +103,26 @@ pub async fn attempts(
     Id(id): Id,
 ) -> ApiResult<Json<AttemptList>> {
     let id = message_id(&id)?;
+    history(&state, account, JobKind::Message, id.0, "message").await
+}
+
+/// The attempts of one of `account`'s messages or status updates; 404
+/// naming `what` for an unknown id or another account's.
+pub(crate) async fn history(
+    state: &AppState,
+    account: kurir_core::AccountId,
+    kind: JobKind,
+    id: uuid::Uuid,
+    what: &str,
+) -> ApiResult<Json<AttemptList>> {
     let attempts = timed(state.db_timeout, async {
         let client = state.pool.get().await?;
-        pipeline::attempts_for(&client, account, JobKind::Message, id.0).await
+        pipeline::attempts_for(&client, account, kind, id).await
     })
     .await?;
     attempts
         .map(|attempts| Json(attempts.into()))
-        .ok_or_else(|| ApiError::not_found("message"))
+        .ok_or_else(|| ApiError::not_found(what))
 }
 
 #[derive(Debug, Deserialize)]

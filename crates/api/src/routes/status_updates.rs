@@ -6,10 +6,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
-use kurir_store::{
-    pipeline::{self, Publishable},
-    status_updates, timed,
-};
+use kurir_store::{pipeline::Publishable, status_updates, timed};
 use serde::Deserialize;
 
 use super::{messages::location, users::user_id};
@@ -98,12 +95,12 @@ pub async fn attempts(
     Id(id): Id,
 ) -> ApiResult<Json<AttemptList>> {
     let id = status_update_id(&id)?;
-    let attempts = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        pipeline::attempts_for(&client, account, JobKind::StatusUpdate, id.0).await
-    })
-    .await?;
-    attempts
-        .map(|attempts| Json(attempts.into()))
-        .ok_or_else(|| ApiError::not_found("status update"))
+    super::messages::history(
+        &state,
+        account,
+        JobKind::StatusUpdate,
+        id.0,
+        "status update",
+    )
+    .await
 }
