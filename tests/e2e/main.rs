@@ -9,6 +9,7 @@ mod faults;
 mod isolation;
 mod nodes;
 mod operations;
+mod pipeline;
 mod process;
 mod proxy;
 mod recovery;

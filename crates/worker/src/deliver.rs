@@ -1,5 +1,5 @@
 //! One delivery: claim the row → call the provider → record the outcome and
-//! the attempt (one statement) → ack. A row claimed past its retry deadline
+//! the attempt (grouped with other deliveries' records) → ack. A row claimed past its retry deadline
 //! is failed instead, with no provider call and no attempt. Each step's
 //! failure has one answer:
 //! - undecodable envelope: parked in `{p}.dead`;
@@ -164,7 +164,9 @@ impl Deliverer {
             started_at,
         };
         let recorded = self
-            .persist("record", cut_off, || self.record(&resolution, &record))
+            .persist("record", cut_off, || {
+                self.groups.record(resolution.clone(), record.clone())
+            })
             .await;
         match recorded {
             Persisted::Done(Recorded::Applied) => {}
@@ -241,15 +243,6 @@ impl Deliverer {
 
     async fn claim(&self, envelope: Envelope) -> Result<Option<Claimed>, StoreError> {
         self.groups.claim(envelope.kind, envelope.id).await
-    }
-
-    async fn record(
-        &self,
-        resolution: &Resolution,
-        record: &Attempt,
-    ) -> Result<Recorded, StoreError> {
-        let client = self.pool.get().await?;
-        pipeline::record(&client, resolution, record).await
     }
 
     async fn call_provider(&self, claimed: &Claimed) -> Outcome {

@@ -1,13 +1,10 @@
-//! Claims in groups (DESIGN.md, "The hot path is batched"). Each delivery
-//! asks for its own row and waits for its own answer; [`Grouped`] gathers
-//! what the other deliveries in flight asked meanwhile and claims them with
-//! one statement per kind (one commit). A row that is not claimable answers
-//! `None` to its delivery alone; a failed statement answers its error
-//! (shared: an outage stays an outage) to each.
-//!
-//! Outcomes are still recorded one statement each: a grouped record was
-//! tried and measured no faster here (the machine's two cores were already
-//! saturated), so it is not worth its code yet.
+//! Claims and records in groups (DESIGN.md, "The hot path is batched").
+//! Each delivery asks for its own row (or records its own outcome) and waits
+//! for its own answer; [`Grouped`] gathers what the other deliveries in
+//! flight asked meanwhile and runs them as one statement per kind (one
+//! commit). A row that is not claimable answers `None` to its delivery
+//! alone; a failed statement answers its error (shared: an outage stays an
+//! outage) to each.
 
 use std::{collections::HashMap, time::Duration};
 
@@ -15,7 +12,11 @@ use kurir_core::{
     JobKind,
     runtime::{Asked, Grouped, Tasks},
 };
-use kurir_store::{PgPool, StoreError, pipeline, timed};
+use kurir_store::{
+    PgPool, StoreError,
+    pipeline::{self, Attempt, Recorded, Resolution},
+    timed,
+};
 use uuid::Uuid;
 
 use crate::deliver::Claimed;
@@ -26,15 +27,17 @@ const BATCH: usize = 256;
 const IN_FLIGHT: usize = 4;
 
 type Claim = Result<Option<Claimed>, StoreError>;
+type Record = Result<Recorded, StoreError>;
 
 fn gone() -> StoreError {
     StoreError::Unavailable("the worker is stopping".into())
 }
 
-/// Claims for all deliveries of one worker.
+/// Claims and records for all deliveries of one worker.
 #[derive(Clone)]
 pub(crate) struct Groups {
     claims: Grouped<(JobKind, Uuid), Claim>,
+    records: Grouped<(Resolution, Attempt), Record>,
 }
 
 impl std::fmt::Debug for Groups {
@@ -50,15 +53,27 @@ impl Groups {
         db_timeout: Duration,
         tasks: &Tasks,
     ) -> Self {
-        let claims = Grouped::start(BATCH, IN_FLIGHT, tasks, move |group| {
-            claim(pool.clone(), lease, db_timeout, group)
+        let claims = Grouped::start(BATCH, IN_FLIGHT, tasks, {
+            let pool = pool.clone();
+            move |group| claim(pool.clone(), lease, db_timeout, group)
         });
-        Self { claims }
+        let records = Grouped::start(BATCH, IN_FLIGHT, tasks, move |group| {
+            record(pool.clone(), db_timeout, group)
+        });
+        Self { claims, records }
     }
 
     /// Claims one row with whatever else is being claimed now.
     pub(crate) async fn claim(&self, kind: JobKind, id: Uuid) -> Claim {
         self.claims.ask((kind, id), || Err(gone())).await
+    }
+
+    /// Records one attempt and its outcome with whatever else is being
+    /// recorded now.
+    pub(crate) async fn record(&self, resolution: Resolution, attempt: Attempt) -> Record {
+        self.records
+            .ask((resolution, attempt), || Err(gone()))
+            .await
     }
 }
 
@@ -123,5 +138,41 @@ async fn claim(
                 }
             }),
         );
+    }
+}
+
+async fn record(
+    pool: PgPool,
+    db_timeout: Duration,
+    group: Vec<Asked<(Resolution, Attempt), Record>>,
+) {
+    let (messages, updates): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .partition(|((_, attempt), _)| attempt.kind == JobKind::Message);
+    for (kind, group) in [
+        (JobKind::Message, messages),
+        (JobKind::StatusUpdate, updates),
+    ] {
+        if group.is_empty() {
+            continue;
+        }
+        let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let recorded = timed(db_timeout, async {
+            let client = pool.get().await?;
+            pipeline::record_many(&client, kind, &items).await
+        })
+        .await;
+        match recorded {
+            Ok(recorded) => {
+                for (reply, recorded) in replies.into_iter().zip(recorded) {
+                    let _ = reply.send(Ok(recorded));
+                }
+            }
+            Err(err) => {
+                for reply in replies {
+                    let _ = reply.send(Err(err.share()));
+                }
+            }
+        }
     }
 }
