@@ -399,6 +399,15 @@ impl TestApp {
 
     /// Consumers attached to this app's deliveries queue, as the broker counts them.
     pub async fn consumers(&self) -> u32 {
+        self.deliveries_queue().await.consumer_count()
+    }
+
+    /// Envelopes ready in this app's deliveries queue.
+    pub async fn envelopes_ready(&self) -> u32 {
+        self.deliveries_queue().await.message_count()
+    }
+
+    async fn deliveries_queue(&self) -> lapin::Queue {
         let (connection, channel) = self.broker_channel().await;
         let options = lapin::options::QueueDeclareOptions {
             passive: true,
@@ -413,7 +422,7 @@ impl TestApp {
             .await
             .expect("the deliveries queue exists");
         let _ = connection.close(200, "done".into()).await;
-        queue.consumer_count()
+        queue
     }
 
     /// Stops the worker as if killed: nothing is settled or released.

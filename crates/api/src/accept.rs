@@ -1,21 +1,18 @@
 //! Group commit of accepted messages (DESIGN.md, "The hot path is batched").
 //! Each `POST /v1/users/{id}/messages` hands its row here and waits for its
 //! own answer; one task gathers whatever arrived meanwhile and stores it with
-//! one multi-row INSERT, one commit. A few batches may be in flight at once,
+//! one multi-row INSERT, one commit, then hands the stored rows to the
+//! dispatcher (see `dispatch` for who publishes what). A few batches may be in flight at once,
 //! so a slow commit does not stop the next batch from forming. A message
 //! whose user does not exist fails that request alone (404); a database that
 //! is away fails the whole batch (503), never half of it.
 
-use std::{collections::HashSet, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
-use kurir_core::{
-    JobKind, MessageId,
-    runtime::{Asked, Grouped, Tasks},
-};
+use kurir_core::runtime::{Asked, Grouped, Tasks};
 use kurir_store::{
     PgPool,
     messages::{self, NewMessage},
-    pipeline::Publishable,
     timed,
 };
 
@@ -43,14 +40,12 @@ impl Accepter {
         pool: PgPool,
         dispatcher: Dispatcher,
         db_timeout: Duration,
-        publish_lease: Duration,
         tasks: &Tasks,
     ) -> Self {
         let batches = Batches {
             pool,
             dispatcher,
             db_timeout,
-            publish_lease,
         };
         let group = Grouped::start(BATCH, IN_FLIGHT, tasks, move |group| {
             let batches = batches.clone();
@@ -77,19 +72,19 @@ struct Batches {
     pool: PgPool,
     dispatcher: Dispatcher,
     db_timeout: Duration,
-    publish_lease: Duration,
 }
 
 impl Batches {
     async fn commit(&self, batch: Vec<Asked<NewMessage, Answer>>) {
         let rows: Vec<NewMessage> = batch.iter().map(|(message, _)| message.clone()).collect();
+        let mut slots = self.dispatcher.reserve(rows.len());
         let stored = timed(self.db_timeout, async {
             let client = self.pool.get().await?;
-            messages::insert_many(&client, &rows, self.publish_lease).await
+            messages::insert_many(&client, &rows, slots.publishing()).await
         })
         .await;
-        let stored: HashSet<MessageId> = match stored {
-            Ok(ids) => ids.into_iter().collect(),
+        let mut stored: HashMap<_, _> = match stored {
+            Ok(stored) => stored.into_iter().map(|row| (row.id, row)).collect(),
             Err(err) => {
                 let error = ApiError::from(err);
                 for (_, answer) in batch {
@@ -99,16 +94,12 @@ impl Batches {
             }
         };
         for (message, answer) in batch {
-            let answered = if stored.contains(&message.id) {
-                self.dispatcher.submit(Publishable {
-                    kind: JobKind::Message,
-                    id: message.id.0,
-                    account: message.account,
-                    attempts: 0,
-                });
-                Ok(())
-            } else {
-                Err(ApiError::not_found("user"))
+            let answered = match stored.remove(&message.id.0) {
+                Some(row) => {
+                    slots.submit(row);
+                    Ok(())
+                }
+                None => Err(ApiError::not_found("user")),
             };
             // A request that gave up meanwhile: its row is stored and published all the same.
             let _ = answer.send(answered);

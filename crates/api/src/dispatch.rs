@@ -1,10 +1,13 @@
-//! Publishing right after accepting. A handler commits the row (holding its
-//! publish lease) and hands it here; one task publishes what has gathered as a
-//! pipelined batch, then marks the confirmed rows published in one UPDATE per
-//! kind. Rows that fail are released for the relay at once; if the broker is
-//! down they are not even tried, and the relay takes them when their lease
-//! ends. Either way the row in Postgres is the promise: nothing here can lose
-//! a message.
+//! Publishing right after accepting. Before it commits, an accept reserves
+//! room here for its rows; with room, the rows are stored as published
+//! already (no second write when the broker confirms) and handed here after
+//! the commit. One task publishes what has gathered as a pipelined batch.
+//! Rows the broker does not confirm, and rows handed in while the broker is
+//! away or the API is stopping, are released to the relay in one UPDATE per
+//! kind. Without room (the dispatcher is behind), the accept stores its rows
+//! for the relay. Either way the row in Postgres is the promise: if this
+//! process dies between the commit and the publish, the relay's guard
+//! publishes the row after `KURIR_REPUBLISH_AFTER`.
 
 use std::{future::Future, time::Duration};
 
@@ -12,7 +15,7 @@ use kurir_bus::{Envelope, Publisher};
 use kurir_core::{JobKind, runtime::Tasks};
 use kurir_store::{
     PgPool, StoreError,
-    pipeline::{self, Publishable},
+    pipeline::{self, Publishable, Publishing},
     timed,
 };
 use tokio::sync::mpsc;
@@ -23,12 +26,13 @@ use crate::error::ApiError;
 
 /// Most rows published in one batch.
 const BATCH: usize = 512;
-/// Rows waiting to be published; past this the relay takes over.
+/// Rows waiting to be published; past this, accepts leave rows to the relay.
 const BACKLOG: usize = 8192;
 
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     tx: mpsc::Sender<Publishable>,
+    publisher: Publisher,
 }
 
 impl Dispatcher {
@@ -40,16 +44,41 @@ impl Dispatcher {
         shutdown: CancellationToken,
     ) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        tasks.spawn(run(rx, pool, publisher, db_timeout, shutdown));
-        Self { tx }
+        tasks.spawn(run(rx, pool, publisher.clone(), db_timeout, shutdown));
+        Self { tx, publisher }
     }
 
-    /// Queues an accepted row for publishing. Never waits and never fails
-    /// the request: if the dispatcher is behind (or gone), the relay
-    /// publishes the row when its publish lease ends.
-    pub fn submit(&self, row: Publishable) {
-        if self.tx.try_send(row).is_err() {
-            debug!(id = %row.id, "dispatcher busy; leaving the row to the relay");
+    /// Room to publish `rows` rows right after their commit. Never waits:
+    /// no room (the dispatcher is behind or stopped, or the broker is away)
+    /// means the rows are the relay's.
+    pub fn reserve(&self, rows: usize) -> Slots<'_> {
+        if rows == 0 || !self.publisher.is_connected() {
+            return Slots(None);
+        }
+        let permits = self.tx.try_reserve_many(rows).ok();
+        if permits.is_none() {
+            debug!(rows, "dispatcher busy; leaving the rows to the relay");
+        }
+        Slots(permits)
+    }
+}
+
+/// Room reserved in the dispatcher, one slot per row of an accept.
+pub struct Slots<'a>(Option<mpsc::PermitIterator<'a, Publishable>>);
+
+impl Slots<'_> {
+    /// How the accept must store its rows.
+    pub fn publishing(&self) -> Publishing {
+        match self.0 {
+            Some(_) => Publishing::ByCaller,
+            None => Publishing::ByRelay,
+        }
+    }
+
+    /// Hands a committed row over (rows stored for the relay are not).
+    pub fn submit(&mut self, row: Publishable) {
+        if let Some(permit) = self.0.as_mut().and_then(Iterator::next) {
+            permit.send(row);
         }
     }
 }
@@ -79,60 +108,74 @@ async fn run(
     loop {
         batch.clear();
         let received = tokio::select! {
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => break,
             received = rx.recv_many(&mut batch, BATCH) => received,
         };
         if received == 0 {
             return;
         }
-        if !publisher.is_connected() {
+        let failed = if publisher.is_connected() {
+            publish(&publisher, &batch).await
+        } else {
             debug!(
                 rows = batch.len(),
-                "broker unavailable; leaving rows to the relay"
+                "broker unavailable; releasing rows to the relay"
             );
-            continue;
+            batch.clone()
+        };
+        release(&pool, db_timeout, &failed).await;
+    }
+    // Stopping, and so is the publisher: what is handed in from now on (the
+    // accepts committing right now hold slots) goes to the relay.
+    rx.close();
+    loop {
+        batch.clear();
+        if rx.recv_many(&mut batch, BATCH).await == 0 {
+            return;
         }
-        let envelopes: Vec<Envelope> = batch
-            .iter()
-            .map(|row| Envelope::new(row.kind, row.id, row.account))
-            .collect();
-        let results = publisher.publish_all(&envelopes).await;
-        let mut confirmed: [Vec<Publishable>; 2] = Default::default();
-        let mut failed: [Vec<Publishable>; 2] = Default::default();
-        for (row, result) in batch.iter().zip(results) {
-            let slot = match row.kind {
-                JobKind::Message => 0,
-                JobKind::StatusUpdate => 1,
-            };
-            match result {
-                Ok(()) => confirmed[slot].push(*row),
-                Err(err) => {
-                    debug!(error = %err, id = %row.id, "publish failed; releasing to the relay");
-                    failed[slot].push(*row);
-                }
-            }
-        }
-        if let Err(err) = settle(&pool, db_timeout, &confirmed, &failed).await {
-            // Unmarked rows are published again by the relay when their lease
-            // ends; the worker drops the duplicate.
-            warn!(error = %err, "could not mark published rows");
-        }
+        release(&pool, db_timeout, &batch).await;
     }
 }
 
-async fn settle(
+/// Publishes `rows`; returns those the broker did not confirm.
+async fn publish(publisher: &Publisher, rows: &[Publishable]) -> Vec<Publishable> {
+    let envelopes: Vec<Envelope> = rows
+        .iter()
+        .map(|row| Envelope::new(row.kind, row.id, row.account))
+        .collect();
+    let results = publisher.publish_all(&envelopes).await;
+    rows.iter()
+        .zip(results)
+        .filter_map(|(row, result)| {
+            let err = result.err()?;
+            debug!(error = %err, id = %row.id, "publish failed; releasing to the relay");
+            Some(*row)
+        })
+        .collect()
+}
+
+/// Hands `rows` to the relay. If Postgres is away too, they stay marked
+/// published, and the guard publishes them after `KURIR_REPUBLISH_AFTER`.
+async fn release(pool: &PgPool, db_timeout: Duration, rows: &[Publishable]) {
+    if rows.is_empty() {
+        return;
+    }
+    if let Err(err) = release_each_kind(pool, db_timeout, rows).await {
+        warn!(error = %err, rows = rows.len(), "could not hand unpublished rows to the relay; the guard will publish them later");
+    }
+}
+
+async fn release_each_kind(
     pool: &PgPool,
     db_timeout: Duration,
-    confirmed: &[Vec<Publishable>; 2],
-    failed: &[Vec<Publishable>; 2],
+    rows: &[Publishable],
 ) -> Result<(), StoreError> {
     timed(db_timeout, async {
         let client = pool.get().await?;
-        for (kind, rows) in JobKind::ALL.into_iter().zip(confirmed) {
-            pipeline::mark_published(&client, kind, rows).await?;
-        }
-        for (kind, rows) in JobKind::ALL.into_iter().zip(failed) {
-            pipeline::release_publish(&client, kind, rows, true).await?;
+        for kind in JobKind::ALL {
+            let of_kind: Vec<Publishable> =
+                rows.iter().filter(|row| row.kind == kind).copied().collect();
+            pipeline::release_publish(&client, kind, &of_kind, true).await?;
         }
         Ok(())
     })

@@ -60,7 +60,6 @@ pub struct AppState {
     /// Every task the API spawns: its publisher, dispatcher and accepts.
     pub tasks: Tasks,
     pub db_timeout: Duration,
-    pub publish_lease: Duration,
     pub max_body_bytes: u64,
     pub timeouts: server::ClientTimeouts,
     /// API keys found valid a moment ago.
@@ -101,7 +100,6 @@ impl AppState {
             pool.clone(),
             dispatcher.clone(),
             config.database.db_timeout,
-            config.pipeline.publish_lease,
             &tasks,
         );
         Ok(Self {
@@ -111,7 +109,6 @@ impl AppState {
             accepter,
             tasks,
             db_timeout: config.database.db_timeout,
-            publish_lease: config.pipeline.publish_lease,
             max_body_bytes: config.api.max_body_bytes,
             timeouts: server::ClientTimeouts::from(&config.api),
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),

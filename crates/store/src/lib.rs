@@ -142,7 +142,12 @@ pub fn pg_config(args: &DatabaseArgs) -> Result<tokio_postgres::Config, String> 
         .tcp_user_timeout(args.db_timeout.max(Duration::from_secs(5)));
     // The server gives up on a statement before the client does.
     let statement_timeout = args.db_timeout.as_millis();
-    config.options(format!("-c statement_timeout={statement_timeout}"));
+    // Custom plans only: the pipeline's statements take id arrays, and a
+    // generic plan made while a table was young (a fresh deployment) scans
+    // the whole table for them for as long as the connection lives.
+    config.options(format!(
+        "-c statement_timeout={statement_timeout} -c plan_cache_mode=force_custom_plan"
+    ));
     Ok(config)
 }
 

@@ -1,14 +1,15 @@
 //! Messages as the API sees them: accept, read, list.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
-use kurir_core::{AccountId, LastError, MessageBody, MessageId, MessageStatus, UserId};
+use kurir_core::{AccountId, JobKind, LastError, MessageBody, MessageId, MessageStatus, UserId};
 use tokio_postgres::Row;
 use tracing::instrument;
 use uuid::Uuid;
 
-use crate::{GenericClient, Result, corrupt};
+use crate::{
+    GenericClient, Result, corrupt,
+    pipeline::{Publishable, Publishing, notify_relays},
+};
 
 #[derive(Debug, Clone)]
 pub struct Message {
@@ -73,22 +74,22 @@ pub struct NewMessage {
 }
 
 /// Accepts many messages in one statement (one commit: the group commit of
-/// concurrent requests), each holding a publish lease. Returns the ids
+/// concurrent requests). Returns what is to be published of the messages
 /// stored; a message whose user does not exist in its account is not.
-#[instrument(skip_all, fields(count = messages.len()))]
+#[instrument(skip_all, fields(count = messages.len(), ?publishing))]
 pub async fn insert_many(
     client: &impl GenericClient,
     messages: &[NewMessage],
-    publish_lease: Duration,
-) -> Result<Vec<MessageId>> {
+    publishing: Publishing,
+) -> Result<Vec<Publishable>> {
     let statement = client
         .prepare_cached(
-            "INSERT INTO messages (id, account_id, user_id, body, publish_lease_until)
-             SELECT n.id, u.account_id, u.id, n.body, now() + make_interval(secs => $5)
+            "INSERT INTO messages (id, account_id, user_id, body, published, published_at)
+             SELECT n.id, u.account_id, u.id, n.body, $5, CASE WHEN $5 THEN now() END
              FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
                   AS n(id, account_id, user_id, body)
              JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
-             RETURNING id",
+             RETURNING id, account_id",
         )
         .await?;
     let ids: Vec<Uuid> = messages.iter().map(|m| m.id.0).collect();
@@ -98,16 +99,16 @@ pub async fn insert_many(
     let rows = client
         .query(
             &statement,
-            &[
-                &ids,
-                &accounts,
-                &users,
-                &bodies,
-                &publish_lease.as_secs_f64(),
-            ],
+            &[&ids, &accounts, &users, &bodies, &publishing.published()],
         )
         .await?;
-    Ok(rows.iter().map(|row| MessageId(row.get(0))).collect())
+    if publishing == Publishing::ByRelay && !rows.is_empty() {
+        notify_relays(client).await?;
+    }
+    Ok(rows
+        .iter()
+        .map(|row| Publishable::accepted(JobKind::Message, row.get(0), AccountId(row.get(1))))
+        .collect())
 }
 
 pub async fn get(

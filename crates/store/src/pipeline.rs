@@ -1,8 +1,10 @@
 //! The delivery pipeline's SQL, shared by both kinds of work (messages and
 //! status updates have the same pipeline columns; see the first migration).
 //!
-//! - publishing: [`claim_for_publish`] (the relay), [`mark_published`],
-//!   [`release_publish`]; the guard [`claim_stale_published`] publishes again
+//! - publishing: rows are accepted as published by the API when it
+//!   publishes them itself ([`Publishing`]), or claimed by the relay
+//!   ([`claim_for_publish`], then [`mark_published`]); [`release_publish`]
+//!   hands a failed publish to the relay; the guard [`claim_stale_published`] publishes again
 //!   what stayed `queued` long after it was published; [`replay`] re-drives
 //!   a row an operator took from the dead-letter queue;
 //! - delivering: [`claim_messages`] / [`claim_status_updates`] (queued → sending,
@@ -46,6 +48,38 @@ pub struct Publishable {
     pub id: Uuid,
     pub account: AccountId,
     pub attempts: i32,
+}
+
+impl Publishable {
+    /// A row just accepted (no attempt yet).
+    pub(crate) fn accepted(kind: JobKind, id: Uuid, account: AccountId) -> Self {
+        Self {
+            kind,
+            id,
+            account,
+            attempts: 0,
+        }
+    }
+}
+
+/// Who publishes rows as they are accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Publishing {
+    /// The accepting process, right after the commit (it has room in its
+    /// dispatcher): the row is stored as published, so it never costs a
+    /// second write. If that process dies before its publish, the guard
+    /// publishes the row after `KURIR_REPUBLISH_AFTER`; if the publish
+    /// fails, the process releases the row to the relay ([`release_publish`]).
+    ByCaller,
+    /// The relay, at its next round (the dispatcher has no room, or the
+    /// broker is away).
+    ByRelay,
+}
+
+impl Publishing {
+    pub(crate) fn published(self) -> bool {
+        self == Publishing::ByCaller
+    }
 }
 
 /// Claims up to `limit` due, unpublished rows that nobody is publishing, for
@@ -112,10 +146,11 @@ pub async fn mark_published(
     Ok(client.execute(&statement, &[&ids, &attempts]).await?)
 }
 
-/// Gives up the publish lease of rows that could not be published, so the
-/// next relay round takes them at once. With `wake`, also NOTIFYs the relays
-/// (the API does, after a failed publish; a relay releasing its own rows does
-/// not, or it would wake itself straight back into the same failure).
+/// Hands rows that could not be published to the relay (unpublished, no
+/// publish lease), so its next round takes them at once. With `wake`, also
+/// NOTIFYs the relays (the API does, after a failed publish; a relay
+/// releasing its own rows does not, or it would wake itself straight back
+/// into the same failure).
 pub async fn release_publish(
     client: &impl GenericClient,
     kind: JobKind,
@@ -127,7 +162,7 @@ pub async fn release_publish(
     }
     let t = table(kind);
     let sql = format!(
-        "UPDATE {t} AS t SET publish_lease_until = NULL
+        "UPDATE {t} AS t SET published = false, published_at = NULL, publish_lease_until = NULL
          FROM unnest($1::uuid[], $2::int4[]) AS p(id, attempts)
          WHERE t.id = p.id AND t.id = ANY($1) AND t.attempts = p.attempts AND t.state = 'queued'"
     );

@@ -1,13 +1,17 @@
 //! Status updates as the API sees them: accept and read.
 
-use std::time::Duration;
-
 use chrono::{DateTime, Utc};
-use kurir_core::{AccountId, LastError, StatusText, StatusUpdateId, StatusUpdateState, UserId};
+use kurir_core::{
+    AccountId, JobKind, LastError, StatusText, StatusUpdateId, StatusUpdateState, UserId,
+};
 use tokio_postgres::Row;
 use tracing::instrument;
 
-use crate::{GenericClient, Result, corrupt, messages::last_error};
+use crate::{
+    GenericClient, Result, corrupt,
+    messages::last_error,
+    pipeline::{Publishable, Publishing, notify_relays},
+};
 
 #[derive(Debug, Clone)]
 pub struct StatusUpdate {
@@ -45,8 +49,8 @@ fn from_row(row: &Row) -> Result<StatusUpdate> {
     })
 }
 
-/// Accepts a status update for `user` (see [`crate::messages::insert`]).
-/// `None`: no such user.
+/// Accepts a status update for `user` (as [`crate::messages::insert_many`]
+/// does messages), with what is to be published. `None`: no such user.
 #[instrument(skip(client, status), fields(account_id = %account, user_id = %user))]
 pub async fn insert(
     client: &impl GenericClient,
@@ -54,11 +58,11 @@ pub async fn insert(
     user: &UserId,
     id: StatusUpdateId,
     status: &StatusText,
-    publish_lease: Duration,
-) -> Result<Option<StatusUpdate>> {
+    publishing: Publishing,
+) -> Result<Option<(StatusUpdate, Publishable)>> {
     let sql = format!(
-        "INSERT INTO status_updates AS s (id, account_id, user_id, status, publish_lease_until)
-         SELECT $1, u.account_id, u.id, $4, now() + make_interval(secs => $5)
+        "INSERT INTO status_updates AS s (id, account_id, user_id, status, published, published_at)
+         SELECT $1, u.account_id, u.id, $4, $5, CASE WHEN $5 THEN now() END
          FROM users u WHERE u.account_id = $2 AND u.id = $3
          RETURNING {COLUMNS}"
     );
@@ -71,11 +75,18 @@ pub async fn insert(
                 &account.0,
                 &user.as_str(),
                 &status.as_str(),
-                &publish_lease.as_secs_f64(),
+                &publishing.published(),
             ],
         )
         .await?;
-    row.as_ref().map(from_row).transpose()
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    if publishing == Publishing::ByRelay {
+        notify_relays(client).await?;
+    }
+    let publishable = Publishable::accepted(JobKind::StatusUpdate, id.0, account);
+    Ok(Some((from_row(&row)?, publishable)))
 }
 
 pub async fn get(

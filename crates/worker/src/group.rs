@@ -24,7 +24,7 @@ use crate::deliver::Claimed;
 /// Most rows in one statement.
 const BATCH: usize = 256;
 /// Groups being run at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = 2;
 
 type Claim = Result<Option<Claimed>, StoreError>;
 type Record = Result<Recorded, StoreError>;

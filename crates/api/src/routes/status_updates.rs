@@ -6,7 +6,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
-use kurir_store::{pipeline::Publishable, status_updates, timed};
+use kurir_store::{status_updates, timed};
 use serde::Deserialize;
 
 use super::{messages::location, users::user_id};
@@ -42,18 +42,14 @@ pub async fn set(
     let id = StatusUpdateId::generate();
     let tasks = state.tasks.clone();
     let update = detached(&tasks, async move {
-        let update = timed(state.db_timeout, async {
+        let mut slots = state.dispatcher.reserve(1);
+        let (update, row) = timed(state.db_timeout, async {
             let client = state.pool.get().await?;
-            status_updates::insert(&client, account, &user, id, &text, state.publish_lease).await
+            status_updates::insert(&client, account, &user, id, &text, slots.publishing()).await
         })
         .await?
         .ok_or_else(|| ApiError::not_found("user"))?;
-        state.dispatcher.submit(Publishable {
-            kind: JobKind::StatusUpdate,
-            id: update.id.0,
-            account,
-            attempts: 0,
-        });
+        slots.submit(row);
         Ok(update)
     })
     .await?;
