@@ -173,8 +173,11 @@ async fn release_each_kind(
     timed(db_timeout, async {
         let client = pool.get().await?;
         for kind in JobKind::ALL {
-            let of_kind: Vec<Publishable> =
-                rows.iter().filter(|row| row.kind == kind).copied().collect();
+            let of_kind: Vec<Publishable> = rows
+                .iter()
+                .filter(|row| row.kind == kind)
+                .copied()
+                .collect();
             pipeline::release_publish(&client, kind, &of_kind, true).await?;
         }
         Ok(())

@@ -28,6 +28,10 @@ pub(crate) const USER_AGENT: &str = concat!("kurir/", env!("CARGO_PKG_VERSION"))
 
 /// One client per provider, built once and shared by every call: rustls, the
 /// whole call bounded by `timeout`, no redirects followed (a 3xx is an answer).
+/// Every connection is kept for reuse while it is idle less than a minute:
+/// their number is bounded by the calls in flight (the worker's
+/// concurrency), and a cap below that would open and close connections all
+/// the time under load.
 pub(crate) fn client(timeout: Duration) -> Result<Client, String> {
     Client::builder()
         .use_rustls_tls()
@@ -35,7 +39,6 @@ pub(crate) fn client(timeout: Duration) -> Result<Client, String> {
         .timeout(timeout)
         .connect_timeout(timeout.min(MAX_CONNECT_TIMEOUT))
         .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(16)
         .tcp_keepalive(Duration::from_secs(30))
         .redirect(redirect::Policy::none())
         .build()
