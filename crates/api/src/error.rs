@@ -77,10 +77,6 @@ impl ApiError {
         self.status
     }
 
-    pub fn slug(&self) -> &'static str {
-        self.slug
-    }
-
     /// The fields a validation problem names.
     pub fn errors(&self) -> &[FieldError] {
         &self.errors

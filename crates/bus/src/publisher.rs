@@ -205,10 +205,6 @@ impl Publisher {
         })
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
-    }
-
     /// Envelopes waiting in `{p}.deliveries` for a consumer (not counting
     /// those delivered and not yet acked); `None` if it cannot be told now.
     pub async fn deliveries_waiting(&self) -> Option<u32> {

@@ -308,7 +308,8 @@ pub struct RetryArgs {
     #[arg(long, env = "KURIR_RETRY_JITTER", default_value_t = 0.25, value_parser = unit_interval)]
     pub retry_jitter: f64,
 
-    /// Longest delay between two attempts.
+    /// Cap on the delay between two attempts, before jitter (which may add
+    /// up to `KURIR_RETRY_JITTER` of it).
     #[arg(long, env = "KURIR_RETRY_MAX_INTERVAL", default_value = "10m", value_parser = positive_duration)]
     pub retry_max_interval: Duration,
 

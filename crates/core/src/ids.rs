@@ -43,7 +43,8 @@ impl UserId {
         Ok(Self(raw.to_owned()))
     }
 
-    /// A fresh id for a user created without one: `usr_` and 26 base-32 characters.
+    /// A fresh id for a user created without one: `usr_` and a UUIDv7's 32 hex digits
+    /// (time-ordered).
     pub fn generate() -> Self {
         Self(format!("usr_{}", Uuid::now_v7().simple()))
     }

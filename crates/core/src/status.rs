@@ -37,22 +37,6 @@ impl MessageStatus {
             MessageStatus::Failed => "failed",
         }
     }
-
-    /// Final for the sender: the provider has answered for good. Receipts may
-    /// still move `sent` on to `delivered` and `read`.
-    pub fn is_final(self) -> bool {
-        !matches!(self, MessageStatus::Queued | MessageStatus::Sending)
-    }
-
-    /// Whether a provider receipt may move a message from `self` to `next`.
-    /// Receipts only move forward; duplicates and late arrivals are no-ops.
-    pub fn receipt_may_advance(self, next: MessageStatus) -> bool {
-        use MessageStatus::*;
-        matches!(
-            (self, next),
-            (Sent, Delivered) | (Sent, Read) | (Delivered, Read) | (Sent, Failed)
-        )
-    }
 }
 
 impl fmt::Display for MessageStatus {
@@ -116,9 +100,6 @@ impl StatusUpdateState {
         }
     }
 
-    pub fn is_final(self) -> bool {
-        matches!(self, StatusUpdateState::Success | StatusUpdateState::Failed)
-    }
 }
 
 impl FromStr for StatusUpdateState {
@@ -145,18 +126,6 @@ mod tests {
             assert_eq!(status.as_str().parse::<MessageStatus>(), Ok(status));
         }
         assert!("bogus".parse::<MessageStatus>().is_err());
-    }
-
-    #[test]
-    fn receipts_only_move_forward() {
-        use MessageStatus::*;
-        assert!(Sent.receipt_may_advance(Delivered));
-        assert!(Delivered.receipt_may_advance(Read));
-        assert!(Sent.receipt_may_advance(Read));
-        assert!(!Read.receipt_may_advance(Delivered));
-        assert!(!Delivered.receipt_may_advance(Delivered));
-        assert!(!Failed.receipt_may_advance(Delivered));
-        assert!(!Queued.receipt_may_advance(Sent));
     }
 
     #[test]

@@ -59,9 +59,6 @@ impl ValidationErrors {
         self.0.is_empty()
     }
 
-    pub fn into_result(self) -> Result<(), ValidationErrors> {
-        if self.0.is_empty() { Ok(()) } else { Err(self) }
-    }
 }
 
 impl From<FieldError> for ValidationErrors {

@@ -154,30 +154,3 @@ pub async fn list_for_user(
         .await?;
     rows.iter().map(from_row).collect()
 }
-
-/// Test and operator helper: the raw pipeline columns of a message.
-#[derive(Debug, Clone)]
-pub struct PipelineState {
-    pub published: bool,
-    pub publish_lease_until: Option<DateTime<Utc>>,
-    pub lease_until: Option<DateTime<Utc>>,
-    pub due_at: DateTime<Utc>,
-}
-
-pub async fn pipeline_state(
-    client: &impl GenericClient,
-    id: Uuid,
-) -> Result<Option<PipelineState>> {
-    let row = client
-        .query_opt(
-            "SELECT published, publish_lease_until, lease_until, due_at FROM messages WHERE id = $1",
-            &[&id],
-        )
-        .await?;
-    Ok(row.map(|row| PipelineState {
-        published: row.get(0),
-        publish_lease_until: row.get(1),
-        lease_until: row.get(2),
-        due_at: row.get(3),
-    }))
-}

@@ -60,6 +60,14 @@ impl Claimed {
         }
     }
 
+    /// The row's own account (the envelope's copy is only a hint for logs).
+    fn account(&self) -> kurir_core::AccountId {
+        match self {
+            Claimed::Message(m) => m.account,
+            Claimed::StatusUpdate(s) => s.account,
+        }
+    }
+
     fn created_at(&self) -> chrono::DateTime<Utc> {
         match self {
             Claimed::Message(m) => m.created_at,
@@ -149,7 +157,7 @@ impl Deliverer {
         let record = Attempt {
             kind: envelope.kind,
             subject_id: envelope.id,
-            account: envelope.account_id,
+            account: claimed.account(),
             attempt,
             provider: self.provider.name().to_owned(),
             outcome: match &outcome {

@@ -1,9 +1,11 @@
 //! The retry schedule: what a failed attempt leads to.
 //!
-//! Delays come from `backoff`'s `ExponentialBackoff` (initial 1 s, factor 2,
-//! ±25 % jitter, at most 10 min apart, give up after 24 h by default). The
-//! crate is unmaintained (RUSTSEC-2025-0012); it is used only in
-//! [`RetryPolicy::delay`], so swapping it for `backon` touches nothing else.
+//! A delay is `initial × factor^(attempt-1)`, capped at `max_interval`
+//! (1 s, 2, 10 min by default), computed here; `backoff`'s
+//! `ExponentialBackoff` only spreads it by the jitter (±25 % by default, so a
+//! capped delay may reach 12.5 min). Attempts stop once a row is `max_age`
+//! old (24 h). The crate is unmaintained (RUSTSEC-2025-0012); it is used only
+//! in [`RetryPolicy::delay`], so swapping it for `backon` touches nothing else.
 
 use std::time::Duration;
 
