@@ -7,13 +7,12 @@
 //! whose user does not exist fails that request alone (404); a database that
 //! is away fails the whole batch (503), never half of it.
 
-use std::{collections::HashMap, time::Duration};
+use std::collections::HashMap;
 
 use kurir_core::runtime::{Asked, Grouped, Tasks};
 use kurir_store::{
-    PgPool,
+    Db,
     messages::{self, NewMessage},
-    timed,
 };
 
 use crate::{dispatch::Dispatcher, error::ApiError};
@@ -36,17 +35,8 @@ pub struct Accepter {
 
 impl Accepter {
     /// Starts the gatherer on `tasks`.
-    pub fn start(
-        pool: PgPool,
-        dispatcher: Dispatcher,
-        db_timeout: Duration,
-        tasks: &Tasks,
-    ) -> Self {
-        let batches = Batches {
-            pool,
-            dispatcher,
-            db_timeout,
-        };
+    pub fn start(db: Db, dispatcher: Dispatcher, tasks: &Tasks) -> Self {
+        let batches = Batches { db, dispatcher };
         let group = Grouped::start(BATCH, IN_FLIGHT, tasks, move |group| {
             let batches = batches.clone();
             async move { batches.commit(group).await }
@@ -69,20 +59,18 @@ impl Accepter {
 
 #[derive(Clone)]
 struct Batches {
-    pool: PgPool,
+    db: Db,
     dispatcher: Dispatcher,
-    db_timeout: Duration,
 }
 
 impl Batches {
     async fn commit(&self, batch: Vec<Asked<NewMessage, Answer>>) {
         let rows: Vec<NewMessage> = batch.iter().map(|(message, _)| message.clone()).collect();
         let mut slots = self.dispatcher.reserve(rows.len());
-        let stored = timed(self.db_timeout, async {
-            let client = self.pool.get().await?;
-            messages::insert_many(&client, &rows, slots.publishing()).await
-        })
-        .await;
+        let stored = self
+            .db
+            .run(async |client| messages::insert_many(client, &rows, slots.publishing()).await)
+            .await;
         let mut stored: HashMap<_, _> = match stored {
             Ok(stored) => stored.into_iter().map(|row| (row.id, row)).collect(),
             Err(err) => {

@@ -9,14 +9,13 @@
 //! process dies between the commit and the publish, the relay's guard
 //! publishes the row after `KURIR_REPUBLISH_AFTER`.
 
-use std::{future::Future, time::Duration};
+use std::future::Future;
 
 use kurir_bus::{Envelope, Publisher};
 use kurir_core::{JobKind, runtime::Tasks};
 use kurir_store::{
-    PgPool, StoreError,
+    Db, StoreError,
     pipeline::{self, Publishable, Publishing},
-    timed,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -36,15 +35,9 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn start(
-        pool: PgPool,
-        publisher: Publisher,
-        db_timeout: Duration,
-        tasks: &Tasks,
-        shutdown: CancellationToken,
-    ) -> Self {
+    pub fn start(db: Db, publisher: Publisher, tasks: &Tasks, shutdown: CancellationToken) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
-        tasks.spawn(run(rx, pool, publisher.clone(), db_timeout, shutdown));
+        tasks.spawn(run(rx, db, publisher.clone(), shutdown));
         Self { tx, publisher }
     }
 
@@ -99,9 +92,8 @@ pub async fn detached<T: Send + 'static>(
 
 async fn run(
     mut rx: mpsc::Receiver<Publishable>,
-    pool: PgPool,
+    db: Db,
     publisher: Publisher,
-    db_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::with_capacity(BATCH);
@@ -123,7 +115,7 @@ async fn run(
             );
             batch.clone()
         };
-        release(&pool, db_timeout, &failed).await;
+        release(&db, &failed).await;
     }
     // Stopping, and so is the publisher: what is handed in from now on (the
     // accepts committing right now hold slots) goes to the relay.
@@ -133,52 +125,41 @@ async fn run(
         if rx.recv_many(&mut batch, BATCH).await == 0 {
             return;
         }
-        release(&pool, db_timeout, &batch).await;
+        release(&db, &batch).await;
     }
 }
 
 /// Publishes `rows`; returns those the broker did not confirm.
 async fn publish(publisher: &Publisher, rows: &[Publishable]) -> Vec<Publishable> {
-    let envelopes: Vec<Envelope> = rows
-        .iter()
-        .map(|row| Envelope::new(row.kind, row.id, row.account))
-        .collect();
-    let results = publisher.publish_all(&envelopes).await;
-    rows.iter()
-        .zip(results)
-        .filter_map(|(row, result)| {
-            let err = result.err()?;
-            debug!(error = %err, id = %row.id, "publish failed; releasing to the relay");
-            Some(*row)
-        })
-        .collect()
+    let published = publisher
+        .publish_each(rows, |row| Envelope::new(row.kind, row.id, row.account))
+        .await;
+    if let Some(err) = &published.first_error {
+        debug!(error = %err, rows = published.failed.len(), "publish failed; releasing to the relay");
+    }
+    published.failed
 }
 
 /// Hands `rows` to the relay. If Postgres is away too, they stay marked
 /// published, and the guard publishes them after `KURIR_REPUBLISH_AFTER`.
-async fn release(pool: &PgPool, db_timeout: Duration, rows: &[Publishable]) {
+async fn release(db: &Db, rows: &[Publishable]) {
     if rows.is_empty() {
         return;
     }
-    if let Err(err) = release_each_kind(pool, db_timeout, rows).await {
+    if let Err(err) = release_each_kind(db, rows).await {
         warn!(error = %err, rows = rows.len(), "could not hand unpublished rows to the relay; the guard will publish them later");
     }
 }
 
-async fn release_each_kind(
-    pool: &PgPool,
-    db_timeout: Duration,
-    rows: &[Publishable],
-) -> Result<(), StoreError> {
-    timed(db_timeout, async {
-        let client = pool.get().await?;
+async fn release_each_kind(db: &Db, rows: &[Publishable]) -> Result<(), StoreError> {
+    db.run(async |client| {
         for kind in JobKind::ALL {
             let of_kind: Vec<Publishable> = rows
                 .iter()
                 .filter(|row| row.kind == kind)
                 .copied()
                 .collect();
-            pipeline::release_publish(&client, kind, &of_kind, true).await?;
+            pipeline::release_publish(client, kind, &of_kind, true).await?;
         }
         Ok(())
     })

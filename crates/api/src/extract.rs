@@ -11,7 +11,7 @@ use axum::{
     http::{HeaderMap, header, request::Parts},
 };
 use kurir_core::{AccountId, apikey};
-use kurir_store::{keys, timed};
+use kurir_store::keys;
 use serde::de::DeserializeOwned;
 
 use crate::{
@@ -203,11 +203,10 @@ impl FromRequestParts<AppState> for Account {
         if let Some(account) = state.keys.get(&hash) {
             return Ok(Account(account));
         }
-        let account = timed(state.db_timeout, async {
-            let client = state.pool.get().await?;
-            keys::account_for_key(&client, &hash).await
-        })
-        .await?;
+        let account = state
+            .db
+            .run(async |client| keys::account_for_key(client, &hash).await)
+            .await?;
         let account = account.ok_or_else(|| {
             ApiError::unauthorized("the API key is not valid (unknown or revoked)")
         })?;

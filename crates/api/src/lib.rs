@@ -31,7 +31,7 @@ use kurir_core::{
     config::{ApiArgs, BusArgs, DatabaseArgs, PipelineArgs},
     runtime::Tasks,
 };
-use kurir_store::PgPool;
+use kurir_store::Db;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
     catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
@@ -52,14 +52,14 @@ pub struct Config {
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: PgPool,
+    /// Postgres, with the deadline of every interaction.
+    pub db: Db,
     pub publisher: Publisher,
     pub dispatcher: Dispatcher,
     /// Group commit of accepted messages.
     pub accepter: accept::Accepter,
     /// Every task the API spawns: its publisher, dispatcher and accepts.
     pub tasks: Tasks,
-    pub db_timeout: Duration,
     pub max_body_bytes: u64,
     pub timeouts: server::ClientTimeouts,
     /// API keys found valid a moment ago.
@@ -76,7 +76,7 @@ impl AppState {
     /// Builds the pool and starts the publisher and dispatcher (they connect
     /// in the background, so this works while dependencies are down).
     pub fn new(config: &Config, shutdown: &CancellationToken) -> Result<Self, String> {
-        let pool = kurir_store::pool(&config.database)?;
+        let db = Db::connect_lazily(&config.database)?;
         let tasks = Tasks::new();
         let publisher = Publisher::start(
             config.bus.amqp_url.clone(),
@@ -89,26 +89,14 @@ impl AppState {
             vec![publisher.connected()],
             shutdown.clone(),
         ));
-        let dispatcher = Dispatcher::start(
-            pool.clone(),
-            publisher.clone(),
-            config.database.db_timeout,
-            &tasks,
-            shutdown.clone(),
-        );
-        let accepter = accept::Accepter::start(
-            pool.clone(),
-            dispatcher.clone(),
-            config.database.db_timeout,
-            &tasks,
-        );
+        let dispatcher = Dispatcher::start(db.clone(), publisher.clone(), &tasks, shutdown.clone());
+        let accepter = accept::Accepter::start(db.clone(), dispatcher.clone(), &tasks);
         Ok(Self {
-            pool,
+            db,
             publisher,
             dispatcher,
             accepter,
             tasks,
-            db_timeout: config.database.db_timeout,
             max_body_bytes: config.api.max_body_bytes,
             timeouts: server::ClientTimeouts::from(&config.api),
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
@@ -117,9 +105,8 @@ impl AppState {
 
     pub fn probe(&self) -> ops::Probe {
         ops::Probe {
-            pool: self.pool.clone(),
+            db: self.db.clone(),
             publisher: self.publisher.clone(),
-            timeout: self.db_timeout,
             broker_required: false,
             consuming: None,
         }

@@ -9,12 +9,11 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use axum::{Json, Router, extract::State, http::StatusCode, routing::get};
 use kurir_bus::Publisher;
-use kurir_store::PgPool;
+use kurir_store::Db;
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -23,9 +22,8 @@ use tracing::{info, warn};
 /// What readiness checks, and whether RabbitMQ is required for it.
 #[derive(Debug, Clone)]
 pub struct Probe {
-    pub pool: PgPool,
+    pub db: Db,
     pub publisher: Publisher,
-    pub timeout: Duration,
     /// The API stays ready while the broker is down (it still accepts: rows
     /// wait in Postgres); a worker is not.
     pub broker_required: bool,
@@ -103,7 +101,7 @@ impl Probe {
 
     /// Probes each dependency; also the reason Postgres did not answer.
     async fn observe(&self) -> (Seen, Option<String>) {
-        let postgres = kurir_store::ping(&self.pool, self.timeout).await;
+        let postgres = self.db.ping().await;
         let consuming = self
             .consuming
             .as_ref()

@@ -19,6 +19,6 @@ mod topology;
 pub use connection::{BusError, STABLE_AFTER, connect_once, reconnect_schedule};
 pub use consumer::{Delivery, QueueState, Subscription};
 pub use envelope::{DecodeError, Envelope};
-pub use publisher::{PublishError, Publisher};
+pub use publisher::{PublishError, Published, Publisher};
 pub use report::{LinkState, report_broker};
 pub use topology::Topology;

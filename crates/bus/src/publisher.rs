@@ -74,6 +74,17 @@ pub const REASON_HEADER: &str = "x-kurir-reason";
 /// When it was parked (milliseconds since the epoch).
 pub const PARKED_AT_HEADER: &str = "x-kurir-parked-at";
 
+/// What [`Publisher::publish_each`] did with each item.
+#[derive(Debug)]
+pub struct Published<T> {
+    /// Confirmed by the broker.
+    pub confirmed: Vec<T>,
+    /// Not confirmed (refused, timed out, or not sent: the channel failed).
+    pub failed: Vec<T>,
+    /// Why the first of `failed` failed.
+    pub first_error: Option<PublishError>,
+}
+
 impl Publisher {
     /// Returns at once and connects in the background on `tasks` (retrying
     /// until the broker answers, and again whenever the connection is lost):
@@ -277,6 +288,33 @@ impl Publisher {
             .await
             .pop()
             .unwrap_or(Err(PublishError::NotConnected))
+    }
+
+    /// Publishes one envelope per item (as [`Publisher::publish_all`]) and
+    /// sorts the items by outcome: the one place that turns a batch of rows
+    /// into envelopes and back, for the API's dispatcher and the relay alike.
+    pub async fn publish_each<T: Copy>(
+        &self,
+        items: &[T],
+        envelope_of: impl Fn(&T) -> Envelope,
+    ) -> Published<T> {
+        let envelopes: Vec<Envelope> = items.iter().map(envelope_of).collect();
+        let results = self.publish_all(&envelopes).await;
+        let mut published = Published {
+            confirmed: Vec::with_capacity(items.len()),
+            failed: Vec::new(),
+            first_error: None,
+        };
+        for (item, result) in items.iter().zip(results) {
+            match result {
+                Ok(()) => published.confirmed.push(*item),
+                Err(err) => {
+                    published.first_error.get_or_insert(err);
+                    published.failed.push(*item);
+                }
+            }
+        }
+        published
     }
 
     /// Publishes several envelopes pipelined (all sent, then all confirms

@@ -106,8 +106,9 @@ async fn replay(
     database: &DatabaseArgs,
     args: ReplayArgs,
 ) -> Result<(), Error> {
-    let pool = kurir_store::pool(database).map_err(Error::Usage)?;
-    let client = kurir_store::timed(database.db_timeout, async { Ok(pool.get().await?) })
+    let db = kurir_store::Db::connect_lazily(database).map_err(Error::Usage)?;
+    let client = db
+        .client()
         .await
         .map_err(|err| Error::Failed(format!("cannot reach Postgres: {err}")))?;
     let found = letters

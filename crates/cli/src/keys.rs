@@ -34,8 +34,9 @@ pub enum KeysCommand {
 }
 
 pub async fn run(command: KeysCommand, database: &DatabaseArgs) -> Result<(), Failure> {
-    let pool = kurir_store::pool(database).map_err(Failure::Config)?;
-    let client = kurir_store::timed(database.db_timeout, async { Ok(pool.get().await?) })
+    let db = kurir_store::Db::connect_lazily(database).map_err(Failure::Config)?;
+    let client = db
+        .client()
         .await
         .map_err(|err| Failure::Runtime(format!("cannot reach Postgres: {err}")))?;
     let failed = |err: kurir_store::StoreError| Failure::Runtime(err.to_string());

@@ -308,13 +308,11 @@ async fn start_worker(
     if let Ok(bound) = listener.local_addr() {
         info!(addr = %bound, "worker health endpoints listening");
     }
-    let db_timeout = config.database.db_timeout;
     let worker = kurir_worker::Worker::start(config, shutdown.clone())
         .map_err(|err| Failure::Config(err.0))?;
     let probe = kurir_api::ops::Probe {
-        pool: worker.pool().clone(),
+        db: worker.db().clone(),
         publisher: worker.publisher().clone(),
-        timeout: db_timeout,
         broker_required: true,
         consuming: Some(worker.consuming()),
     };

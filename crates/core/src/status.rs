@@ -99,7 +99,6 @@ impl StatusUpdateState {
             StatusUpdateState::Failed => "failed",
         }
     }
-
 }
 
 impl FromStr for StatusUpdateState {

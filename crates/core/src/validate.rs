@@ -58,7 +58,6 @@ impl ValidationErrors {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-
 }
 
 impl From<FieldError> for ValidationErrors {

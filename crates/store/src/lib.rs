@@ -174,6 +174,68 @@ pub fn pool(args: &DatabaseArgs) -> Result<Pool, String> {
         .map_err(|err| format!("cannot build the Postgres pool: {err}"))
 }
 
+/// The pool and the deadline of every interaction with it, in one handle:
+/// what the API, the worker and the `kurir` commands pass around.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Db {
+    pub fn new(pool: Pool, timeout: Duration) -> Self {
+        Self { pool, timeout }
+    }
+
+    /// Builds the pool (see [`pool`]) with `DATABASE_URL` and `KURIR_DB_TIMEOUT`.
+    pub fn connect_lazily(args: &DatabaseArgs) -> Result<Self, String> {
+        Ok(Self::new(pool(args)?, args.db_timeout))
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Runs `work` on a pooled connection, the wait for the connection
+    /// included in the deadline: a dead or stalled Postgres is
+    /// [`StoreError::Unavailable`], never a hang.
+    pub async fn run<T>(&self, work: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
+        timed(self.timeout, async {
+            let client = self.pool.get().await?;
+            work(&client).await
+        })
+        .await
+    }
+
+    /// A pooled connection, for a caller that bounds each of its statements
+    /// itself ([`Db::timed`]) rather than all of them at once.
+    pub async fn client(&self) -> Result<Client> {
+        timed(self.timeout, async { Ok(self.pool.get().await?) }).await
+    }
+
+    /// `work`, bounded by the deadline.
+    pub async fn timed<T>(&self, work: impl Future<Output = Result<T>>) -> Result<T> {
+        timed(self.timeout, work).await
+    }
+
+    /// A cheap round trip, for readiness checks.
+    pub async fn ping(&self) -> Result<()> {
+        ping(&self.pool, self.timeout).await
+    }
+}
+
 /// A cheap round trip, for readiness checks.
 pub async fn ping(pool: &Pool, limit: Duration) -> Result<()> {
     timed(limit, async {

@@ -19,11 +19,9 @@ use std::{future::Future, sync::Arc, time::Duration};
 use chrono::Utc;
 use kurir_bus::{Delivery, Envelope, Publisher};
 use kurir_core::{LastError, MessageId, StatusUpdateId, runtime::Reconnect};
-use kurir_store::PgPool as Pool;
 use kurir_store::{
-    StoreError,
+    Db, StoreError,
     pipeline::{self, Attempt, AttemptOutcome, Recorded, Resolution},
-    timed,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -35,12 +33,11 @@ use crate::{
 
 /// Everything one delivery needs; shared by all in flight.
 pub struct Deliverer {
-    pub pool: Pool,
+    pub db: Db,
     pub provider: Arc<dyn Provider>,
     pub publisher: Publisher,
     pub retry: RetryPolicy,
     pub lease: Duration,
-    pub db_timeout: Duration,
     pub provider_timeout: Duration,
     /// Claims rows together with the other deliveries in flight.
     pub(crate) groups: crate::group::Groups,
@@ -207,9 +204,10 @@ impl Deliverer {
     async fn expire(&self, envelope: Envelope, attempt: i32, cut_off: &CancellationToken) {
         let error = self.retry.expiry_error();
         let expired = self
-            .persist("expire", cut_off, || async {
-                let client = self.pool.get().await?;
-                pipeline::expire(&client, envelope.kind, envelope.id, attempt, &error).await
+            .persist("expire", cut_off, || {
+                self.db.run(async |client| {
+                    pipeline::expire(client, envelope.kind, envelope.id, attempt, &error).await
+                })
             })
             .await;
         match expired {
@@ -236,11 +234,12 @@ impl Deliverer {
     /// back, so another worker takes it now rather than after the lease. The
     /// envelope stays unacked; the broker requeues it when the connection closes.
     async fn release(&self, envelope: Envelope, attempt: i32) {
-        let released = timed(self.db_timeout, async {
-            let client = self.pool.get().await?;
-            pipeline::release_claim(&client, envelope.kind, envelope.id, attempt).await
-        })
-        .await;
+        let released = self
+            .db
+            .run(async |client| {
+                pipeline::release_claim(client, envelope.kind, envelope.id, attempt).await
+            })
+            .await;
         match released {
             Ok(_) => info!(attempt, "released a delivery cut off by shutdown"),
             Err(err) => {
@@ -309,7 +308,7 @@ impl Deliverer {
         // Short steps: once Postgres is back, record before a lease runs out.
         let mut reconnect = Reconnect::new(Duration::from_millis(100), Duration::from_secs(1));
         loop {
-            match timed(self.db_timeout, step()).await {
+            match self.db.timed(step()).await {
                 Ok(value) => {
                     let failures = reconnect.succeeded();
                     if failures > 0 {

@@ -13,9 +13,8 @@ use kurir_core::{
     runtime::{Asked, Grouped, Tasks},
 };
 use kurir_store::{
-    PgPool, StoreError,
+    Db, StoreError,
     pipeline::{self, Attempt, Recorded, Resolution},
-    timed,
 };
 use uuid::Uuid;
 
@@ -47,18 +46,13 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    pub(crate) fn start(
-        pool: PgPool,
-        lease: Duration,
-        db_timeout: Duration,
-        tasks: &Tasks,
-    ) -> Self {
+    pub(crate) fn start(db: Db, lease: Duration, tasks: &Tasks) -> Self {
         let claims = Grouped::start(BATCH, IN_FLIGHT, tasks, {
-            let pool = pool.clone();
-            move |group| claim(pool.clone(), lease, db_timeout, group)
+            let db = db.clone();
+            move |group| claim(db.clone(), lease, group)
         });
         let records = Grouped::start(BATCH, IN_FLIGHT, tasks, move |group| {
-            record(pool.clone(), db_timeout, group)
+            record(db.clone(), group)
         });
         Self { claims, records }
     }
@@ -96,12 +90,7 @@ fn answer_all<T, A>(
     }
 }
 
-async fn claim(
-    pool: PgPool,
-    lease: Duration,
-    db_timeout: Duration,
-    group: Vec<Asked<(JobKind, Uuid), Claim>>,
-) {
+async fn claim(db: Db, lease: Duration, group: Vec<Asked<(JobKind, Uuid), Claim>>) {
     let (messages, updates): (Vec<_>, Vec<_>) = group
         .into_iter()
         .partition(|((kind, _), _)| *kind == JobKind::Message);
@@ -113,22 +102,22 @@ async fn claim(
             continue;
         }
         let ids: Vec<Uuid> = group.iter().map(|((_, id), _)| *id).collect();
-        let claimed = timed(db_timeout, async {
-            let client = pool.get().await?;
-            Ok(match kind {
-                JobKind::Message => pipeline::claim_messages(&client, &ids, lease)
-                    .await?
-                    .into_iter()
-                    .map(|m| (m.id, Claimed::Message(m)))
-                    .collect::<HashMap<_, _>>(),
-                JobKind::StatusUpdate => pipeline::claim_status_updates(&client, &ids, lease)
-                    .await?
-                    .into_iter()
-                    .map(|s| (s.id, Claimed::StatusUpdate(s)))
-                    .collect::<HashMap<_, _>>(),
+        let claimed = db
+            .run(async |client| {
+                Ok(match kind {
+                    JobKind::Message => pipeline::claim_messages(client, &ids, lease)
+                        .await?
+                        .into_iter()
+                        .map(|m| (m.id, Claimed::Message(m)))
+                        .collect::<HashMap<_, _>>(),
+                    JobKind::StatusUpdate => pipeline::claim_status_updates(client, &ids, lease)
+                        .await?
+                        .into_iter()
+                        .map(|s| (s.id, Claimed::StatusUpdate(s)))
+                        .collect::<HashMap<_, _>>(),
+                })
             })
-        })
-        .await;
+            .await;
         let claimed = claimed.map(std::sync::Mutex::new);
         answer_all(
             group,
@@ -141,11 +130,7 @@ async fn claim(
     }
 }
 
-async fn record(
-    pool: PgPool,
-    db_timeout: Duration,
-    group: Vec<Asked<(Resolution, Attempt), Record>>,
-) {
+async fn record(db: Db, group: Vec<Asked<(Resolution, Attempt), Record>>) {
     let (messages, updates): (Vec<_>, Vec<_>) = group
         .into_iter()
         .partition(|((_, attempt), _)| attempt.kind == JobKind::Message);
@@ -157,11 +142,9 @@ async fn record(
             continue;
         }
         let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
-        let recorded = timed(db_timeout, async {
-            let client = pool.get().await?;
-            pipeline::record_many(&client, kind, &items).await
-        })
-        .await;
+        let recorded = db
+            .run(async |client| pipeline::record_many(client, kind, &items).await)
+            .await;
         match recorded {
             Ok(recorded) => {
                 for (reply, recorded) in replies.into_iter().zip(recorded) {

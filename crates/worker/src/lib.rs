@@ -22,7 +22,7 @@ use kurir_core::{
     config::{BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs},
     runtime::Tasks,
 };
-use kurir_store::PgPool as Pool;
+use kurir_store::Db;
 use kurir_store::{listen, pipeline};
 use tokio::{sync::Semaphore, sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -49,7 +49,7 @@ pub struct WorkerError(pub String);
 /// A running worker. To stop it cleanly, fire its shutdown token, then
 /// [`Worker::wait`]; [`Worker::abort`] stops it at once, as a kill would.
 pub struct Worker {
-    pool: Pool,
+    db: Db,
     publisher: Publisher,
     consuming: watch::Receiver<LinkState>,
     tasks: Tasks,
@@ -85,7 +85,7 @@ impl Worker {
         provider: Arc<dyn Provider>,
         shutdown: CancellationToken,
     ) -> Result<Self, WorkerError> {
-        let pool = kurir_store::pool(&config.database).map_err(WorkerError)?;
+        let db = Db::connect_lazily(&config.database).map_err(WorkerError)?;
         let pg_config = kurir_store::pg_config(&config.database).map_err(WorkerError)?;
         let topology = Topology::new(config.bus.queue_prefix.clone());
         let tasks = Tasks::new();
@@ -109,10 +109,9 @@ impl Worker {
             batch: config.worker.relay_batch,
             publish_lease: config.pipeline.publish_lease,
             republish_after: config.worker.republish_after,
-            db_timeout: config.database.db_timeout,
         };
         tasks.spawn(relay::run(
-            pool.clone(),
+            db.clone(),
             publisher.clone(),
             wake,
             relay_config,
@@ -120,19 +119,13 @@ impl Worker {
         ));
 
         let deliverer = Arc::new(Deliverer {
-            pool: pool.clone(),
+            db: db.clone(),
             provider,
             publisher: publisher.clone(),
             retry: RetryPolicy::from(&config.retry),
             lease: config.worker.delivery_lease,
-            db_timeout: config.database.db_timeout,
             provider_timeout: config.provider.provider_timeout,
-            groups: group::Groups::start(
-                pool.clone(),
-                config.worker.delivery_lease,
-                config.database.db_timeout,
-                &tasks,
-            ),
+            groups: group::Groups::start(db.clone(), config.worker.delivery_lease, &tasks),
         });
         let (consuming_sender, consuming) = watch::channel(Err("not consuming yet".to_owned()));
         tasks.spawn(kurir_bus::report_broker(
@@ -154,7 +147,7 @@ impl Worker {
             "worker started"
         );
         Ok(Self {
-            pool,
+            db,
             publisher,
             consuming,
             tasks,
@@ -166,8 +159,8 @@ impl Worker {
         })
     }
 
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    pub fn db(&self) -> &Db {
+        &self.db
     }
 
     pub fn publisher(&self) -> &Publisher {
@@ -203,7 +196,7 @@ impl Worker {
                 self.tasks.abort();
             }
         }
-        self.pool.close();
+        self.db.pool().close();
     }
 
     /// Stops at once, as if the process were killed: nothing is settled,

@@ -13,10 +13,9 @@
 
 use std::{sync::Arc, time::Duration};
 
-use kurir_bus::{Envelope, PublishError, Publisher};
+use kurir_bus::{Envelope, Published, Publisher};
 use kurir_core::JobKind;
-use kurir_store::PgPool as Pool;
-use kurir_store::{StoreError, pipeline, timed};
+use kurir_store::{Db, StoreError, pipeline};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -27,11 +26,10 @@ pub struct RelayConfig {
     pub batch: u32,
     pub publish_lease: Duration,
     pub republish_after: Duration,
-    pub db_timeout: Duration,
 }
 
 pub async fn run(
-    pool: Pool,
+    db: Db,
     publisher: Publisher,
     wake: Arc<Notify>,
     config: RelayConfig,
@@ -39,7 +37,7 @@ pub async fn run(
 ) {
     let mut failing = false;
     loop {
-        match round(&pool, &publisher, &config).await {
+        match round(&db, &publisher, &config).await {
             Ok(busy) => {
                 if failing {
                     info!("relay recovered");
@@ -66,19 +64,13 @@ pub async fn run(
 }
 
 /// One round; true if some batch was full (come back at once).
-async fn round(
-    pool: &Pool,
-    publisher: &Publisher,
-    config: &RelayConfig,
-) -> Result<bool, StoreError> {
+async fn round(db: &Db, publisher: &Publisher, config: &RelayConfig) -> Result<bool, StoreError> {
     let limit = i64::from(config.batch);
-    let client = timed(config.db_timeout, async { Ok(pool.get().await?) }).await?;
+    let client = db.client().await?;
     for kind in JobKind::ALL {
-        let requeued = timed(
-            config.db_timeout,
-            pipeline::requeue_expired(&client, kind, limit),
-        )
-        .await?;
+        let requeued = db
+            .timed(pipeline::requeue_expired(&client, kind, limit))
+            .await?;
         if requeued > 0 {
             warn!(%kind, count = requeued, "requeued rows whose worker lease expired");
         }
@@ -89,12 +81,15 @@ async fn round(
     }
     let mut busy = false;
     for kind in JobKind::ALL {
-        let rows = timed(
-            config.db_timeout,
-            pipeline::claim_for_publish(&client, kind, limit, config.publish_lease),
-        )
-        .await?;
-        busy |= send(&client, publisher, config, kind, &rows).await? && rows.len() as i64 == limit;
+        let rows = db
+            .timed(pipeline::claim_for_publish(
+                &client,
+                kind,
+                limit,
+                config.publish_lease,
+            ))
+            .await?;
+        busy |= send(db, &client, publisher, kind, &rows).await? && rows.len() as i64 == limit;
     }
     // The guard is for copies the broker lost or holds where nobody reads
     // them. While envelopes still wait in the queue, rows published long ago
@@ -109,17 +104,15 @@ async fn round(
     }
     // One batch a round, whatever it finds: the guard never keeps the relay busy.
     for kind in JobKind::ALL {
-        let stale = timed(
-            config.db_timeout,
-            pipeline::claim_stale_published(
+        let stale = db
+            .timed(pipeline::claim_stale_published(
                 &client,
                 kind,
                 limit,
                 config.publish_lease,
                 config.republish_after,
-            ),
-        )
-        .await?;
+            ))
+            .await?;
         if !stale.is_empty() {
             warn!(
                 %kind,
@@ -128,7 +121,7 @@ async fn round(
                 "publishing again rows still queued long after they were published"
             );
         }
-        send(&client, publisher, config, kind, &stale).await?;
+        send(db, &client, publisher, kind, &stale).await?;
     }
     Ok(busy)
 }
@@ -137,57 +130,32 @@ async fn round(
 /// False if some could not be published (the broker is in trouble: the
 /// round should not come straight back).
 async fn send(
+    db: &Db,
     client: &impl kurir_store::GenericClient,
     publisher: &Publisher,
-    config: &RelayConfig,
     kind: JobKind,
     rows: &[pipeline::Publishable],
 ) -> Result<bool, StoreError> {
     if rows.is_empty() {
         return Ok(true);
     }
-    let (published, failed) = publish(publisher, rows).await;
-    debug!(%kind, published = published.len(), failed = failed.len(), "relay published");
-    timed(
-        config.db_timeout,
-        pipeline::mark_published(client, kind, &published),
-    )
-    .await?;
-    if failed.is_empty() {
-        return Ok(true);
-    }
-    timed(
-        config.db_timeout,
-        pipeline::release_publish(client, kind, &failed, false),
-    )
-    .await?;
-    Ok(false)
-}
-
-/// Publishes `rows`, split into (confirmed, not confirmed).
-async fn publish(
-    publisher: &Publisher,
-    rows: &[pipeline::Publishable],
-) -> (Vec<pipeline::Publishable>, Vec<pipeline::Publishable>) {
-    let envelopes: Vec<Envelope> = rows
-        .iter()
-        .map(|row| Envelope::new(row.kind, row.id, row.account))
-        .collect();
-    let results = publisher.publish_all(&envelopes).await;
-    let mut published = Vec::with_capacity(rows.len());
-    let mut failed = Vec::new();
-    let mut first_error: Option<PublishError> = None;
-    for (row, result) in rows.iter().zip(results) {
-        match result {
-            Ok(()) => published.push(*row),
-            Err(err) => {
-                first_error.get_or_insert(err);
-                failed.push(*row);
-            }
-        }
-    }
+    let Published {
+        confirmed: published,
+        failed,
+        first_error,
+    } = publisher
+        .publish_each(rows, |row| Envelope::new(row.kind, row.id, row.account))
+        .await;
     if let Some(err) = first_error {
         warn!(error = %err, count = failed.len(), "publish failed; rows stay in Postgres for the next round");
     }
-    (published, failed)
+    debug!(%kind, published = published.len(), failed = failed.len(), "relay published");
+    db.timed(pipeline::mark_published(client, kind, &published))
+        .await?;
+    if failed.is_empty() {
+        return Ok(true);
+    }
+    db.timed(pipeline::release_publish(client, kind, &failed, false))
+        .await?;
+    Ok(false)
 }

@@ -8,7 +8,7 @@ use axum::{
 use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
 use kurir_store::{
     messages::{self, NewMessage},
-    pipeline, timed, users,
+    pipeline, users,
 };
 use serde::Deserialize;
 
@@ -86,11 +86,10 @@ pub async fn get(
     Id(id): Id,
 ) -> ApiResult<Json<MessageBody>> {
     let id = message_id(&id)?;
-    let message = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        messages::get(&client, account, id).await
-    })
-    .await?;
+    let message = state
+        .db
+        .run(async |client| messages::get(client, account, id).await)
+        .await?;
     message
         .map(|message| Json(message.into()))
         .ok_or_else(|| ApiError::not_found("message"))
@@ -115,11 +114,10 @@ pub(crate) async fn history(
     id: uuid::Uuid,
     what: &str,
 ) -> ApiResult<Json<AttemptList>> {
-    let attempts = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        pipeline::attempts_for(&client, account, kind, id).await
-    })
-    .await?;
+    let attempts = state
+        .db
+        .run(async |client| pipeline::attempts_for(client, account, kind, id).await)
+        .await?;
     attempts
         .map(|attempts| Json(attempts.into()))
         .ok_or_else(|| ApiError::not_found(what))
@@ -154,15 +152,16 @@ pub async fn list(
                 .ok_or_else(|| ApiError::field("cursor", "is not a cursor this list gave out"))?,
         ),
     };
-    let (mut page, user_exists) = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        let page =
-            messages::list_for_user(&client, account, &user, status, before, limit + 1).await?;
-        // An empty page may mean "no such user": tell the two apart.
-        let exists = !page.is_empty() || users::get(&client, account, &user).await?.is_some();
-        Ok((page, exists))
-    })
-    .await?;
+    let (mut page, user_exists) = state
+        .db
+        .run(async |client| {
+            let page =
+                messages::list_for_user(client, account, &user, status, before, limit + 1).await?;
+            // An empty page may mean "no such user": tell the two apart.
+            let exists = !page.is_empty() || users::get(client, account, &user).await?.is_some();
+            Ok((page, exists))
+        })
+        .await?;
     if !user_exists {
         return Err(ApiError::not_found("user"));
     }

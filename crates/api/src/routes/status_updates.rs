@@ -6,7 +6,7 @@ use axum::{
     http::{HeaderMap, StatusCode},
 };
 use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
-use kurir_store::{status_updates, timed};
+use kurir_store::status_updates;
 use serde::Deserialize;
 
 use super::{messages::location, users::user_id};
@@ -43,12 +43,13 @@ pub async fn set(
     let tasks = state.tasks.clone();
     let update = detached(&tasks, async move {
         let mut slots = state.dispatcher.reserve(1);
-        let (update, row) = timed(state.db_timeout, async {
-            let client = state.pool.get().await?;
-            status_updates::insert(&client, account, &user, id, &text, slots.publishing()).await
-        })
-        .await?
-        .ok_or_else(|| ApiError::not_found("user"))?;
+        let (update, row) = state
+            .db
+            .run(async |client| {
+                status_updates::insert(client, account, &user, id, &text, slots.publishing()).await
+            })
+            .await?
+            .ok_or_else(|| ApiError::not_found("user"))?;
         slots.submit(row);
         Ok(update)
     })
@@ -74,11 +75,10 @@ pub async fn get(
     Id(id): Id,
 ) -> ApiResult<Json<StatusUpdateBody>> {
     let id = status_update_id(&id)?;
-    let update = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        status_updates::get(&client, account, id).await
-    })
-    .await?;
+    let update = state
+        .db
+        .run(async |client| status_updates::get(client, account, id).await)
+        .await?;
     update
         .map(|update| Json(update.into()))
         .ok_or_else(|| ApiError::not_found("status update"))

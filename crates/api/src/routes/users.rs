@@ -6,7 +6,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
 use kurir_core::{PhoneNumber, ProfileImage, StatusText, UserId, UserName, ValidationErrors};
-use kurir_store::{StoreError, timed, users};
+use kurir_store::{StoreError, users};
 use serde::Deserialize;
 
 use crate::{
@@ -70,11 +70,10 @@ pub async fn create(
     JsonBody(body): JsonBody<CreateUser>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<UserBody>)> {
     let new_user = body.parse()?;
-    let result = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        users::insert(&client, account, &new_user).await
-    })
-    .await;
+    let result = state
+        .db
+        .run(async |client| users::insert(client, account, &new_user).await)
+        .await;
     let user = match result {
         Ok(user) => user,
         Err(StoreError::Conflict { constraint }) if constraint == "users_phone_number_key" => {
@@ -109,11 +108,10 @@ pub async fn get(
     Id(id): Id,
 ) -> ApiResult<Json<UserBody>> {
     let id = user_id(&id)?;
-    let user = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        users::get(&client, account, &id).await
-    })
-    .await?;
+    let user = state
+        .db
+        .run(async |client| users::get(client, account, &id).await)
+        .await?;
     user.map(|user| Json(user.into()))
         .ok_or_else(|| ApiError::not_found("user"))
 }
@@ -145,11 +143,10 @@ pub async fn list(
             )
         }
     };
-    let mut page = timed(state.db_timeout, async {
-        let client = state.pool.get().await?;
-        users::list(&client, account, after, limit + 1).await
-    })
-    .await?;
+    let mut page = state
+        .db
+        .run(async |client| users::list(client, account, after, limit + 1).await)
+        .await?;
     let next_cursor = if page.len() as i64 > limit {
         page.truncate(limit as usize);
         page.last()
