@@ -1,6 +1,8 @@
-//! The JSON the API answers with. Seed fields keep the seed document's names
-//! (`id`, `name`, `phone_number`, `profile_image`, `status`, `message_status`,
-//! `status_update`). Timestamps are RFC 3339 UTC with milliseconds.
+//! The JSON the API answers with (`*Json`; `kurir_core` owns the values
+//! inside, such as `MessageBody`, the text of a message). Seed fields keep
+//! the seed document's names (`id`, `name`, `phone_number`, `profile_image`,
+//! `status`, `message_status`, `status_update`). Timestamps are RFC 3339 UTC
+//! with milliseconds.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -24,7 +26,7 @@ fn ts_opt<S: Serializer>(value: &Option<DateTime<Utc>>, serializer: S) -> Result
 }
 
 #[derive(Serialize)]
-pub struct UserBody {
+pub struct UserJson {
     pub id: String,
     pub name: String,
     pub phone_number: String,
@@ -36,7 +38,7 @@ pub struct UserBody {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<User> for UserBody {
+impl From<User> for UserJson {
     fn from(user: User) -> Self {
         Self {
             id: user.id.to_string(),
@@ -52,12 +54,12 @@ impl From<User> for UserBody {
 
 #[derive(Serialize)]
 pub struct UserList {
-    pub users: Vec<UserBody>,
+    pub users: Vec<UserJson>,
     pub next_cursor: Option<String>,
 }
 
 #[derive(Serialize)]
-pub struct MessageBody {
+pub struct MessageJson {
     pub message_id: String,
     pub user_id: String,
     pub message: String,
@@ -81,7 +83,7 @@ pub struct MessageBody {
     pub failed_at: Option<DateTime<Utc>>,
 }
 
-impl From<Message> for MessageBody {
+impl From<Message> for MessageJson {
     fn from(message: Message) -> Self {
         Self {
             message_id: message.id.to_string(),
@@ -104,7 +106,7 @@ impl From<Message> for MessageBody {
 
 #[derive(Serialize)]
 pub struct MessageList {
-    pub messages: Vec<MessageBody>,
+    pub messages: Vec<MessageJson>,
     pub next_cursor: Option<String>,
 }
 
@@ -116,7 +118,7 @@ pub struct Accepted {
 }
 
 #[derive(Serialize)]
-pub struct StatusUpdateBody {
+pub struct StatusUpdateJson {
     pub status_update_id: String,
     pub user_id: String,
     pub status: String,
@@ -131,7 +133,7 @@ pub struct StatusUpdateBody {
     pub updated_at: DateTime<Utc>,
 }
 
-impl From<StatusUpdate> for StatusUpdateBody {
+impl From<StatusUpdate> for StatusUpdateJson {
     fn from(update: StatusUpdate) -> Self {
         Self {
             status_update_id: update.id.to_string(),
@@ -156,7 +158,7 @@ pub struct StatusAccepted {
 
 /// One delivery attempt: a real provider call and how it ended.
 #[derive(Serialize)]
-pub struct AttemptBody {
+pub struct AttemptJson {
     pub number: i32,
     #[serde(serialize_with = "ts")]
     pub started_at: DateTime<Utc>,
@@ -168,7 +170,7 @@ pub struct AttemptBody {
     pub detail: Option<String>,
 }
 
-impl From<Attempt> for AttemptBody {
+impl From<Attempt> for AttemptJson {
     fn from(attempt: Attempt) -> Self {
         Self {
             number: attempt.attempt,
@@ -185,13 +187,13 @@ impl From<Attempt> for AttemptBody {
 /// `GET …/attempts`: oldest first.
 #[derive(Serialize)]
 pub struct AttemptList {
-    pub attempts: Vec<AttemptBody>,
+    pub attempts: Vec<AttemptJson>,
 }
 
 impl From<Vec<Attempt>> for AttemptList {
     fn from(attempts: Vec<Attempt>) -> Self {
         Self {
-            attempts: attempts.into_iter().map(AttemptBody::from).collect(),
+            attempts: attempts.into_iter().map(AttemptJson::from).collect(),
         }
     }
 }

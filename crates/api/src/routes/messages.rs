@@ -5,7 +5,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
-use kurir_core::{JobKind, MessageBody as Text, MessageId, MessageStatus, ValidationErrors};
+use kurir_core::{JobKind, MessageBody, MessageId, MessageStatus, ValidationErrors};
 use kurir_store::{
     messages::{self, NewMessage},
     pipeline, users,
@@ -17,7 +17,7 @@ use crate::{
     AppState,
     dispatch::detached,
     dto::{
-        Accepted, AttemptList, Limit, MessageBody, MessageList, decode_cursor, encode_cursor,
+        Accepted, AttemptList, Limit, MessageJson, MessageList, decode_cursor, encode_cursor,
         status_filter,
     },
     error::{ApiError, ApiResult},
@@ -49,7 +49,7 @@ pub async fn send(
     let user = user_id(&user)?;
     let mut errors = ValidationErrors::default();
     let text = errors.require("message", body.message);
-    let text = text.and_then(|raw| errors.check(Text::parse("message", &raw)));
+    let text = text.and_then(|raw| errors.check(MessageBody::parse("message", &raw)));
     let Some(text) = text else {
         return Err(ApiError::validation(errors));
     };
@@ -84,7 +84,7 @@ pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
     Id(id): Id,
-) -> ApiResult<Json<MessageBody>> {
+) -> ApiResult<Json<MessageJson>> {
     let id = message_id(&id)?;
     let message = state
         .db
@@ -173,7 +173,7 @@ pub async fn list(
         None
     };
     Ok(Json(MessageList {
-        messages: page.into_iter().map(MessageBody::from).collect(),
+        messages: page.into_iter().map(MessageJson::from).collect(),
         next_cursor,
     }))
 }

@@ -13,7 +13,7 @@ use super::{messages::location, users::user_id};
 use crate::{
     AppState,
     dispatch::detached,
-    dto::{AttemptList, StatusAccepted, StatusUpdateBody},
+    dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
 };
@@ -73,7 +73,7 @@ pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
     Id(id): Id,
-) -> ApiResult<Json<StatusUpdateBody>> {
+) -> ApiResult<Json<StatusUpdateJson>> {
     let id = status_update_id(&id)?;
     let update = state
         .db

@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use crate::{
     AppState,
-    dto::{Limit, UserBody, UserList, decode_cursor, encode_cursor},
+    dto::{Limit, UserJson, UserList, decode_cursor, encode_cursor},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
 };
@@ -68,7 +68,7 @@ pub async fn create(
     State(state): State<AppState>,
     Account(account): Account,
     JsonBody(body): JsonBody<CreateUser>,
-) -> ApiResult<(StatusCode, HeaderMap, Json<UserBody>)> {
+) -> ApiResult<(StatusCode, HeaderMap, Json<UserJson>)> {
     let new_user = body.parse()?;
     let result = state
         .db
@@ -106,7 +106,7 @@ pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
     Id(id): Id,
-) -> ApiResult<Json<UserBody>> {
+) -> ApiResult<Json<UserJson>> {
     let id = user_id(&id)?;
     let user = state
         .db
@@ -155,7 +155,7 @@ pub async fn list(
         None
     };
     Ok(Json(UserList {
-        users: page.into_iter().map(UserBody::from).collect(),
+        users: page.into_iter().map(UserJson::from).collect(),
         next_cursor,
     }))
 }
