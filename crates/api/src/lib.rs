@@ -75,7 +75,10 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// Builds the pool and starts the publisher and dispatcher (they connect
     /// in the background, so this works while dependencies are down).
-    pub fn new(config: &Config, shutdown: &CancellationToken) -> Result<Self, String> {
+    pub fn new(
+        config: &Config,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, kurir_store::SetupError> {
         let db = Db::connect_lazily(&config.database)?;
         let tasks = Tasks::new();
         let publisher = Publisher::start(
@@ -233,7 +236,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                 config.api.api_addr
             ))
         })?;
-    let state = AppState::new(&config, &shutdown).map_err(RunError::Config)?;
+    let state = AppState::new(&config, &shutdown).map_err(|err| {
+        if err.is_setting() {
+            RunError::Config(err.to_string())
+        } else {
+            RunError::Failed(err.to_string())
+        }
+    })?;
     let tasks = state.tasks.clone();
     let mut server = tasks.spawn(serve(state, listener, shutdown.clone()));
     let grace = config.pipeline.shutdown_grace;

@@ -82,7 +82,7 @@ pub fn parse() -> Cli {
 /// no reason not to start (the API answers 503 until it is back, workers
 /// wait), so that only warns.
 pub async fn database(database: &DatabaseArgs) -> Result<(), Failure> {
-    let config = kurir_store::pg_config(database).map_err(Failure::Config)?;
+    let config = kurir_store::pg_config(database)?;
     let checked =
         tokio::time::timeout(database.db_timeout, kurir_store::migrate::check(&config)).await;
     match checked {

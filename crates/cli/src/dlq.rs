@@ -106,7 +106,13 @@ async fn replay(
     database: &DatabaseArgs,
     args: ReplayArgs,
 ) -> Result<(), Error> {
-    let db = kurir_store::Db::connect_lazily(database).map_err(Error::Usage)?;
+    let db = kurir_store::Db::connect_lazily(database).map_err(|err| {
+        if err.is_setting() {
+            Error::Usage(err.to_string())
+        } else {
+            Error::Failed(err.to_string())
+        }
+    })?;
     let client = db
         .client()
         .await

@@ -34,7 +34,7 @@ pub enum KeysCommand {
 }
 
 pub async fn run(command: KeysCommand, database: &DatabaseArgs) -> Result<(), Failure> {
-    let db = kurir_store::Db::connect_lazily(database).map_err(Failure::Config)?;
+    let db = kurir_store::Db::connect_lazily(database)?;
     let client = db
         .client()
         .await

@@ -197,6 +197,16 @@ pub(crate) enum Failure {
     Runtime(String),
 }
 
+impl From<kurir_store::SetupError> for Failure {
+    fn from(err: kurir_store::SetupError) -> Self {
+        if err.is_setting() {
+            Failure::Config(err.to_string())
+        } else {
+            Failure::Runtime(err.to_string())
+        }
+    }
+}
+
 /// Rows aligned under their headers, like `docker ps`.
 pub(crate) fn table<const N: usize>(header: [&str; N], rows: &[[String; N]]) -> Vec<String> {
     let mut widths = header.map(str::len);
@@ -308,8 +318,11 @@ async fn start_worker(
     if let Ok(bound) = listener.local_addr() {
         info!(addr = %bound, "worker health endpoints listening");
     }
-    let worker = kurir_worker::Worker::start(config, shutdown.clone())
-        .map_err(|err| Failure::Config(err.0))?;
+    let worker =
+        kurir_worker::Worker::start(config, shutdown.clone()).map_err(|err| match err {
+            kurir_worker::WorkerError::Database(err) => Failure::from(err),
+            settings => Failure::Config(settings.to_string()),
+        })?;
     let probe = kurir_api::ops::Probe {
         db: worker.db().clone(),
         publisher: worker.publisher().clone(),
@@ -326,7 +339,7 @@ async fn start_worker(
 }
 
 async fn migrate(database: &DatabaseArgs) -> Result<(), Failure> {
-    let config = kurir_store::pg_config(database).map_err(Failure::Config)?;
+    let config = kurir_store::pg_config(database).map_err(Failure::from)?;
     let name = config.get_dbname().unwrap_or("").to_owned();
     let total = kurir_store::migrate::latest_version();
     match kurir_store::migrate::run(&config).await {

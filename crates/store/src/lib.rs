@@ -111,6 +111,25 @@ impl From<deadpool_postgres::PoolError> for StoreError {
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Why a pool (or a connection's settings) could not even be built: a
+/// setting's mistake, except [`SetupError::Pool`].
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("DATABASE_URL is not a valid Postgres URL: {0}")]
+    BadUrl(#[source] tokio_postgres::Error),
+    #[error("DATABASE_URL must name a database")]
+    NoDatabase,
+    #[error("cannot build the Postgres pool: {0}")]
+    Pool(#[source] deadpool_postgres::BuildError),
+}
+
+impl SetupError {
+    /// A mistake in the settings (the operator's to fix), not a failure.
+    pub fn is_setting(&self) -> bool {
+        !matches!(self, SetupError::Pool(_))
+    }
+}
+
 /// Runs one database interaction with a deadline, so a dead or stalled
 /// Postgres turns into [`StoreError::Unavailable`] instead of a hang.
 pub async fn timed<T>(limit: Duration, work: impl Future<Output = Result<T>>) -> Result<T> {
@@ -124,13 +143,11 @@ pub async fn timed<T>(limit: Duration, work: impl Future<Output = Result<T>>) ->
 }
 
 /// The connection settings every kurir connection uses.
-pub fn pg_config(args: &DatabaseArgs) -> Result<tokio_postgres::Config, String> {
-    let mut config: tokio_postgres::Config = args
-        .database_url
-        .parse()
-        .map_err(|err| format!("DATABASE_URL is not a valid Postgres URL: {err}"))?;
+pub fn pg_config(args: &DatabaseArgs) -> Result<tokio_postgres::Config, SetupError> {
+    let mut config: tokio_postgres::Config =
+        args.database_url.parse().map_err(SetupError::BadUrl)?;
     if config.get_dbname().is_none() {
-        return Err("DATABASE_URL must name a database".into());
+        return Err(SetupError::NoDatabase);
     }
     if config.get_application_name().is_none() {
         config.application_name("kurir");
@@ -153,7 +170,7 @@ pub fn pg_config(args: &DatabaseArgs) -> Result<tokio_postgres::Config, String> 
 
 /// Builds the pool. Connections are made lazily, so this succeeds while
 /// Postgres is down; `/readyz` and the first query tell.
-pub fn pool(args: &DatabaseArgs) -> Result<Pool, String> {
+pub fn pool(args: &DatabaseArgs) -> Result<Pool, SetupError> {
     let config = pg_config(args)?;
     let manager = Manager::from_config(
         config,
@@ -171,7 +188,7 @@ pub fn pool(args: &DatabaseArgs) -> Result<Pool, String> {
             recycle: Some(args.db_timeout),
         })
         .build()
-        .map_err(|err| format!("cannot build the Postgres pool: {err}"))
+        .map_err(SetupError::Pool)
 }
 
 /// The pool and the deadline of every interaction with it, in one handle:
@@ -196,7 +213,7 @@ impl Db {
     }
 
     /// Builds the pool (see [`pool`]) with `DATABASE_URL` and `KURIR_DB_TIMEOUT`.
-    pub fn connect_lazily(args: &DatabaseArgs) -> Result<Self, String> {
+    pub fn connect_lazily(args: &DatabaseArgs) -> Result<Self, SetupError> {
         Ok(Self::new(pool(args)?, args.db_timeout))
     }
 

@@ -42,9 +42,15 @@ pub struct Config {
 }
 
 /// A setting the worker cannot start with; the message names it.
+/// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct WorkerError(pub String);
+pub enum WorkerError {
+    /// A setting it cannot work with (the message names it).
+    #[error("{0}")]
+    Settings(String),
+    #[error(transparent)]
+    Database(#[from] kurir_store::SetupError),
+}
 
 /// A running worker. To stop it cleanly, fire its shutdown token, then
 /// [`Worker::wait`]; [`Worker::abort`] stops it at once, as a kill would.
@@ -74,8 +80,8 @@ impl Worker {
         config
             .worker
             .check(&config.provider, &config.database)
-            .map_err(WorkerError)?;
-        let provider = provider::from_args(&config.provider).map_err(WorkerError)?;
+            .map_err(WorkerError::Settings)?;
+        let provider = provider::from_args(&config.provider).map_err(WorkerError::Settings)?;
         Self::start_with(config, provider, shutdown)
     }
 
@@ -85,8 +91,8 @@ impl Worker {
         provider: Arc<dyn Provider>,
         shutdown: CancellationToken,
     ) -> Result<Self, WorkerError> {
-        let db = Db::connect_lazily(&config.database).map_err(WorkerError)?;
-        let pg_config = kurir_store::pg_config(&config.database).map_err(WorkerError)?;
+        let db = Db::connect_lazily(&config.database)?;
+        let pg_config = kurir_store::pg_config(&config.database)?;
         let topology = Topology::new(config.bus.queue_prefix.clone());
         let tasks = Tasks::new();
         let publisher = Publisher::start(
