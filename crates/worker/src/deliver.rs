@@ -1,7 +1,9 @@
 //! One delivery: claim the row → call the provider → record the outcome and
-//! the attempt (grouped with other deliveries' records) → ack. A row claimed past its retry deadline
-//! is failed instead, with no provider call and no attempt. Each step's
-//! failure has one answer:
+//! the attempt (grouped with other deliveries' records) → ack. A row claimed
+//! past its retry deadline is failed instead, with no provider call and no
+//! attempt. [`Deliverer::handle`] decides what becomes of the envelope
+//! ([`Settle`]) and the consumer loop does it ([`Deliverer::settle`]). Each
+//! step's failure has one answer:
 //! - undecodable envelope: parked in `{p}.dead`;
 //! - row not claimable: a duplicate envelope; ack and drop;
 //! - Postgres unavailable: wait and try again (the envelope stays unacked, the
@@ -30,6 +32,49 @@ use crate::{
     provider::{OutboundMessage, OutboundStatus, Outcome, Provider, ProviderError},
     retry::RetryPolicy,
 };
+
+/// What becomes of an envelope once its delivery is over; the consumer
+/// loop does it ([`Deliverer::settle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Its job is done: delivered and recorded, a duplicate, or its row holds
+    /// the truth (and gets a fresh envelope from the relay when due).
+    Ack,
+    /// Back to the queue for another worker, after `pause`.
+    Requeue { pause: Duration },
+    /// Left unacked: the broker requeues it when the connection closes.
+    Hold,
+    /// Into the dead-letter queue, saying why.
+    Park { reason: String },
+}
+
+/// The pause before handing back an envelope after a failure that is not an
+/// outage, so a worker does not spin on it.
+const FAILURE_PAUSE: Duration = Duration::from_secs(1);
+
+/// The envelope's fate if the claim did not give a row to deliver.
+fn after_claim(claimed: Persisted<Option<Claimed>>, redelivered: bool) -> Result<Claimed, Settle> {
+    match claimed {
+        Persisted::Done(Some(claimed)) => Ok(claimed),
+        Persisted::Done(None) => {
+            debug!(
+                redelivered,
+                "not claimable (done, not due, or held elsewhere); dropping the duplicate"
+            );
+            Err(Settle::Ack)
+        }
+        // Stopping while Postgres is away: someone else will take it.
+        Persisted::CutOff => Err(Settle::Requeue {
+            pause: Duration::ZERO,
+        }),
+        Persisted::Failed(err) => {
+            error!(error = ?err, "cannot claim; handing the envelope back");
+            Err(Settle::Requeue {
+                pause: FAILURE_PAUSE,
+            })
+        }
+    }
+}
 
 /// Everything one delivery needs; shared by all in flight.
 pub struct Deliverer {
@@ -77,74 +122,80 @@ impl Deliverer {
     /// Handles one envelope to its end. `cut_off` fires when the worker's
     /// shutdown grace is over: whatever has not reached the provider's answer
     /// by then gives its row back.
-    pub async fn handle(&self, delivery: Delivery, cut_off: &CancellationToken) {
+    pub async fn handle(&self, delivery: &Delivery, cut_off: &CancellationToken) -> Settle {
         let envelope = match &delivery.envelope {
             Ok(envelope) => *envelope,
-            Err(err) => return self.park(&delivery, err).await,
+            Err(err) => {
+                warn!(error = %err, bytes = delivery.payload.len(), "undecodable envelope; parking it in the dead-letter queue");
+                return Settle::Park {
+                    reason: format!("undecodable: {}", err.0),
+                };
+            }
         };
         let span = info_span!("deliver", kind = %envelope.kind, id = %envelope.id, account_id = %envelope.account_id);
-        self.deliver(&delivery, envelope, cut_off)
+        self.deliver(envelope, delivery.redelivered, cut_off)
             .instrument(span)
-            .await;
+            .await
     }
 
-    async fn park(&self, delivery: &Delivery, err: &kurir_bus::DecodeError) {
-        warn!(error = %err, bytes = delivery.payload.len(), "undecodable envelope; parking it in the dead-letter queue");
-        let reason = format!("undecodable: {}", err.0);
-        let parked = self
-            .publisher
-            .park(&delivery.payload, delivery.message_id.as_deref(), &reason)
-            .await;
-        match parked {
-            Ok(()) => {
+    /// Does what `settle` says with the envelope. Parking that fails hands
+    /// the envelope back (after a pause: the broker is in trouble).
+    pub async fn settle(&self, delivery: &Delivery, settle: Settle) {
+        match settle {
+            Settle::Ack => {
                 delivery.ack().await;
             }
-            Err(err) => {
-                warn!(error = %err, "could not park the envelope; handing it back");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+            Settle::Requeue { pause } => {
+                tokio::time::sleep(pause).await;
                 delivery.requeue().await;
+            }
+            Settle::Hold => {}
+            Settle::Park { reason } => {
+                let parked = self
+                    .publisher
+                    .park(&delivery.payload, delivery.message_id.as_deref(), &reason)
+                    .await;
+                match parked {
+                    Ok(()) => {
+                        delivery.ack().await;
+                    }
+                    Err(err) => {
+                        warn!(error = %err, "could not park the envelope; handing it back");
+                        tokio::time::sleep(FAILURE_PAUSE).await;
+                        delivery.requeue().await;
+                    }
+                }
             }
         }
     }
 
-    async fn deliver(&self, delivery: &Delivery, envelope: Envelope, cut_off: &CancellationToken) {
-        let claimed = match self
+    async fn deliver(
+        &self,
+        envelope: Envelope,
+        redelivered: bool,
+        cut_off: &CancellationToken,
+    ) -> Settle {
+        let claimed = self
             .persist("claim", cut_off, || self.claim(envelope))
-            .await
-        {
-            Persisted::Done(claimed) => claimed,
-            Persisted::CutOff => {
-                // Someone else will take it.
-                delivery.requeue().await;
-                return;
-            }
-            Persisted::Failed(err) => {
-                error!(error = ?err, "cannot claim; handing the envelope back");
-                // Don't spin on a failure that is not an outage.
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                delivery.requeue().await;
-                return;
-            }
-        };
-        let Some(claimed) = claimed else {
-            debug!(
-                redelivered = delivery.redelivered,
-                "not claimable (done, not due, or held elsewhere); dropping the duplicate"
-            );
-            delivery.ack().await;
-            return;
+            .await;
+        let claimed = match after_claim(claimed, redelivered) {
+            Ok(claimed) => claimed,
+            Err(settle) => return settle,
         };
         let attempt = claimed.attempt();
         let started_at = Utc::now();
         if self.retry.expired(claimed.created_at(), started_at) {
             self.expire(envelope, attempt, cut_off).await;
-            delivery.ack().await;
-            return;
+            return Settle::Ack;
         }
         let started = tokio::time::Instant::now();
         let outcome = tokio::select! {
             outcome = self.call_provider(&claimed) => outcome,
-            () = cut_off.cancelled() => return self.release(envelope, attempt).await,
+            () = cut_off.cancelled() => {
+                self.release(envelope, attempt).await;
+                // The broker requeues the envelope when the connection closes.
+                return Settle::Hold;
+            }
         };
         let latency = started.elapsed();
         let resolution = self
@@ -196,7 +247,7 @@ impl Deliverer {
         }
         // The envelope's job is done either way: the row holds the truth, and
         // a row left leased gets a fresh envelope from the relay.
-        delivery.ack().await;
+        Settle::Ack
     }
 
     /// A row claimed past its retry deadline (it waited out an outage) fails
@@ -367,5 +418,58 @@ fn log_outcome(outcome: &Outcome, resolution: &Resolution, attempt: i32, latency
             let permanent = matches!(outcome, Outcome::Permanent { .. });
             warn!(attempt, latency_ms, %code, %detail, permanent, "failed for good");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use kurir_core::{AccountId, MessageBody, PhoneNumber, UserId};
+
+    use super::*;
+
+    fn claimed() -> Claimed {
+        Claimed::Message(pipeline::ClaimedMessage {
+            id: uuid::Uuid::now_v7(),
+            account: AccountId(7),
+            user_id: UserId::from_trusted("u1".into()),
+            to: PhoneNumber::from_trusted("+6281234567890".into()),
+            body: MessageBody::from_trusted("hi".into()),
+            attempt: 2,
+            created_at: Utc::now(),
+        })
+    }
+
+    #[test]
+    fn a_claimed_row_is_delivered_with_its_own_account_and_attempt() {
+        let claimed = after_claim(Persisted::Done(Some(claimed())), false).unwrap();
+        assert_eq!(claimed.account(), AccountId(7));
+        assert_eq!(claimed.attempt(), 2);
+    }
+
+    #[test]
+    fn an_envelope_whose_row_is_not_claimable_is_a_duplicate_and_acked() {
+        assert_eq!(
+            after_claim(Persisted::Done(None), true).err(),
+            Some(Settle::Ack)
+        );
+    }
+
+    #[test]
+    fn an_envelope_goes_back_when_the_claim_cannot_be_made() {
+        assert_eq!(
+            after_claim(Persisted::CutOff, false).err(),
+            Some(Settle::Requeue {
+                pause: Duration::ZERO
+            }),
+            "stopping while Postgres is away: at once, for another worker"
+        );
+        let failed = Persisted::Failed(StoreError::Corrupt("a bug".into()));
+        assert_eq!(
+            after_claim(failed, false).err(),
+            Some(Settle::Requeue {
+                pause: FAILURE_PAUSE
+            }),
+            "not an outage: after a pause, so nobody spins on it"
+        );
     }
 }

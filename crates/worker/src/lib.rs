@@ -390,7 +390,8 @@ impl Run<'_> {
             let deliverer = self.deliverer.clone();
             let cut_off = self.cut_off.clone();
             self.tasks.spawn(self.in_flight.track_future(async move {
-                deliverer.handle(delivery, &cut_off).await;
+                let settle = deliverer.handle(&delivery, &cut_off).await;
+                deliverer.settle(&delivery, settle).await;
                 drop(permit);
             }));
         }
