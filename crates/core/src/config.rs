@@ -158,8 +158,9 @@ fn queue_prefix(raw: &str) -> Result<String, String> {
 /// Settings both the API and the worker use for the delivery pipeline.
 #[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
-    /// How long whoever publishes a row (the API right after accepting it, or a
-    /// relay) owns it before another relay may publish it again.
+    /// How long a relay owns the rows it is publishing before another relay
+    /// may take them (the API needs no lease: the rows it publishes itself
+    /// are stored as published, and the guard covers its crash).
     #[arg(long, env = "KURIR_PUBLISH_LEASE", default_value = "10s", value_parser = positive_duration)]
     pub publish_lease: Duration,
 
