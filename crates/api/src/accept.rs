@@ -1,28 +1,48 @@
-//! Group commit of accepted messages (DESIGN.md, "The hot path is batched").
-//! Each `POST /v1/users/{id}/messages` hands its row here and waits for its
-//! own answer; one task gathers whatever arrived meanwhile and stores it with
-//! one multi-row INSERT, one commit, then hands the stored rows to the
-//! dispatcher (see `dispatch` for who publishes what). A few batches may be in flight at once,
-//! so a slow commit does not stop the next batch from forming. A message
-//! whose user does not exist fails that request alone (404); a database that
-//! is away fails the whole batch (503), never half of it.
+//! Group commit of accepted work (DESIGN.md, "The hot path is batched").
+//! Each `POST /v1/users/{id}/messages` and `POST /v1/users/{id}/status`
+//! hands its row here and waits for its own answer; one task gathers
+//! whatever arrived meanwhile and stores it with one multi-row INSERT per
+//! kind, then hands the stored rows to the dispatcher (see `dispatch` for who
+//! publishes what). A few batches may be in flight at once, so a slow commit
+//! does not stop the next batch from forming. A row whose user does not exist
+//! fails that request alone (404); a database that is away fails the whole
+//! batch (503), never half of it.
 
 use std::collections::HashMap;
 
 use kurir_core::runtime::{Asked, Grouped, Tasks};
 use kurir_store::{
-    Db,
+    Db, StoreError,
     messages::{self, NewMessage},
+    pipeline::Publishable,
+    status_updates::{self, NewStatusUpdate},
 };
+use uuid::Uuid;
 
 use crate::{dispatch::Dispatcher, error::ApiError};
 
-/// Most messages stored in one statement.
+/// Something a client asked kurir to deliver.
+#[derive(Debug, Clone)]
+pub enum NewJob {
+    Message(NewMessage),
+    StatusUpdate(NewStatusUpdate),
+}
+
+impl NewJob {
+    fn id(&self) -> Uuid {
+        match self {
+            NewJob::Message(m) => m.id.0,
+            NewJob::StatusUpdate(s) => s.id.0,
+        }
+    }
+}
+
+/// Most rows stored in one statement.
 const BATCH: usize = 512;
 /// Batches being committed at once.
 const IN_FLIGHT: usize = 4;
 
-/// What a request learns about its message: stored, or why not.
+/// What a request learns about its row: stored, or why not.
 type Answer = Result<(), ApiError>;
 
 /// Cheap to clone; all clones feed one gatherer, which ends once every clone
@@ -30,7 +50,7 @@ type Answer = Result<(), ApiError>;
 /// still being served at shutdown get their answers.
 #[derive(Debug, Clone)]
 pub struct Accepter {
-    group: Grouped<NewMessage, Answer>,
+    group: Grouped<NewJob, Answer>,
 }
 
 impl Accepter {
@@ -44,11 +64,11 @@ impl Accepter {
         Self { group }
     }
 
-    /// Stores one message with whatever else is being accepted now; `Ok`
-    /// once it is committed (then it is handed to the dispatcher too).
-    pub async fn accept(&self, message: NewMessage) -> Answer {
+    /// Stores one row with whatever else is being accepted now; `Ok` once
+    /// it is committed (then it is handed to the dispatcher too).
+    pub async fn accept(&self, job: NewJob) -> Answer {
         self.group
-            .ask(message, || {
+            .ask(job, || {
                 Err(ApiError::unavailable(
                     "the server is shutting down; try again",
                 ))
@@ -64,14 +84,26 @@ struct Batches {
 }
 
 impl Batches {
-    async fn commit(&self, batch: Vec<Asked<NewMessage, Answer>>) {
-        let rows: Vec<NewMessage> = batch.iter().map(|(message, _)| message.clone()).collect();
-        let mut slots = self.dispatcher.reserve(rows.len());
+    async fn commit(&self, batch: Vec<Asked<NewJob, Answer>>) {
+        let mut new_messages = Vec::new();
+        let mut new_updates = Vec::new();
+        for (job, _) in &batch {
+            match job {
+                NewJob::Message(m) => new_messages.push(m.clone()),
+                NewJob::StatusUpdate(s) => new_updates.push(s.clone()),
+            }
+        }
+        let mut slots = self.dispatcher.reserve(batch.len());
+        let publishing = slots.publishing();
         let stored = self
             .db
-            .run(async |client| messages::insert_many(client, &rows, slots.publishing()).await)
+            .run(async |client| {
+                let mut stored = messages::insert_many(client, &new_messages, publishing).await?;
+                stored.extend(status_updates::insert_many(client, &new_updates, publishing).await?);
+                Ok::<_, StoreError>(stored)
+            })
             .await;
-        let mut stored: HashMap<_, _> = match stored {
+        let mut stored: HashMap<Uuid, Publishable> = match stored {
             Ok(stored) => stored.into_iter().map(|row| (row.id, row)).collect(),
             Err(err) => {
                 let error = ApiError::from(err);
@@ -81,8 +113,8 @@ impl Batches {
                 return;
             }
         };
-        for (message, answer) in batch {
-            let answered = match stored.remove(&message.id.0) {
+        for (job, answer) in batch {
+            let answered = match stored.remove(&job.id()) {
                 Some(row) => {
                     slots.submit(row);
                     Ok(())

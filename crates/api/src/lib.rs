@@ -55,8 +55,8 @@ pub struct AppState {
     /// Postgres, with the deadline of every interaction.
     pub db: Db,
     pub publisher: Publisher,
-    pub dispatcher: Dispatcher,
-    /// Group commit of accepted messages.
+    /// Group commit of accepted messages and status updates (it hands them
+    /// to the dispatcher).
     pub accepter: accept::Accepter,
     /// Every task the API spawns: its publisher, dispatcher and accepts.
     pub tasks: Tasks,
@@ -93,11 +93,10 @@ impl AppState {
             shutdown.clone(),
         ));
         let dispatcher = Dispatcher::start(db.clone(), publisher.clone(), &tasks, shutdown.clone());
-        let accepter = accept::Accepter::start(db.clone(), dispatcher.clone(), &tasks);
+        let accepter = accept::Accepter::start(db.clone(), dispatcher, &tasks);
         Ok(Self {
             db,
             publisher,
-            dispatcher,
             accepter,
             tasks,
             max_body_bytes: config.api.max_body_bytes,

@@ -82,6 +82,9 @@ pub async fn insert_many(
     messages: &[NewMessage],
     publishing: Publishing,
 ) -> Result<Vec<Publishable>> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
     let statement = client
         .prepare_cached(
             "INSERT INTO messages (id, account_id, user_id, body, published, published_at)

@@ -6,6 +6,7 @@ use kurir_core::{
 };
 use tokio_postgres::Row;
 use tracing::instrument;
+use uuid::Uuid;
 
 use crate::{
     GenericClient, Result, corrupt,
@@ -49,44 +50,54 @@ fn from_row(row: &Row) -> Result<StatusUpdate> {
     })
 }
 
-/// Accepts a status update for `user` (as [`crate::messages::insert_many`]
-/// does messages), with what is to be published. `None`: no such user.
-#[instrument(skip(client, status), fields(account_id = %account, user_id = %user))]
-pub async fn insert(
+/// One status update to accept, for [`insert_many`].
+#[derive(Debug, Clone)]
+pub struct NewStatusUpdate {
+    pub id: StatusUpdateId,
+    pub account: AccountId,
+    pub user: UserId,
+    pub status: StatusText,
+}
+
+/// Accepts many status updates in one statement, as
+/// [`crate::messages::insert_many`] does messages: returns what is to be
+/// published of those stored (an update whose user does not exist is not).
+#[instrument(skip_all, fields(count = updates.len(), ?publishing))]
+pub async fn insert_many(
     client: &impl GenericClient,
-    account: AccountId,
-    user: &UserId,
-    id: StatusUpdateId,
-    status: &StatusText,
+    updates: &[NewStatusUpdate],
     publishing: Publishing,
-) -> Result<Option<(StatusUpdate, Publishable)>> {
-    let sql = format!(
-        "INSERT INTO status_updates AS s (id, account_id, user_id, status, published, published_at)
-         SELECT $1, u.account_id, u.id, $4, $5, CASE WHEN $5 THEN now() END
-         FROM users u WHERE u.account_id = $2 AND u.id = $3
-         RETURNING {COLUMNS}"
-    );
-    let statement = client.prepare_cached(&sql).await?;
-    let row = client
-        .query_opt(
-            &statement,
-            &[
-                &id.0,
-                &account.0,
-                &user.as_str(),
-                &status.as_str(),
-                &publishing.published(),
-            ],
+) -> Result<Vec<Publishable>> {
+    if updates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = client
+        .prepare_cached(
+            "INSERT INTO status_updates (id, account_id, user_id, status, published, published_at)
+             SELECT n.id, u.account_id, u.id, n.status, $5, CASE WHEN $5 THEN now() END
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
+                  AS n(id, account_id, user_id, status)
+             JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
+             RETURNING id, account_id",
         )
         .await?;
-    let Some(row) = row else {
-        return Ok(None);
-    };
-    if publishing == Publishing::ByRelay {
+    let ids: Vec<Uuid> = updates.iter().map(|u| u.id.0).collect();
+    let accounts: Vec<i64> = updates.iter().map(|u| u.account.0).collect();
+    let users: Vec<&str> = updates.iter().map(|u| u.user.as_str()).collect();
+    let texts: Vec<&str> = updates.iter().map(|u| u.status.as_str()).collect();
+    let rows = client
+        .query(
+            &statement,
+            &[&ids, &accounts, &users, &texts, &publishing.published()],
+        )
+        .await?;
+    if publishing == Publishing::ByRelay && !rows.is_empty() {
         notify_relays(client).await?;
     }
-    let publishable = Publishable::accepted(JobKind::StatusUpdate, id.0, account);
-    Ok(Some((from_row(&row)?, publishable)))
+    Ok(rows
+        .iter()
+        .map(|row| Publishable::accepted(JobKind::StatusUpdate, row.get(0), AccountId(row.get(1))))
+        .collect())
 }
 
 pub async fn get(

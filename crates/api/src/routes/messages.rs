@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::users::user_id;
 use crate::{
     AppState,
+    accept::NewJob,
     dispatch::detached,
     dto::{
         Accepted, AttemptList, Limit, MessageJson, MessageList, decode_cursor, encode_cursor,
@@ -64,7 +65,10 @@ pub async fn send(
     // commit); the accept runs on its own task so that a client hanging up
     // cannot split the commit from the hand-over to the dispatcher.
     let accepter = state.accepter.clone();
-    detached(&state.tasks, async move { accepter.accept(message).await }).await?;
+    detached(&state.tasks, async move {
+        accepter.accept(NewJob::Message(message)).await
+    })
+    .await?;
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/messages/{id}")),

@@ -5,13 +5,14 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
 };
-use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
-use kurir_store::status_updates;
+use kurir_core::{JobKind, StatusText, StatusUpdateId, StatusUpdateState, ValidationErrors};
+use kurir_store::status_updates::{self, NewStatusUpdate};
 use serde::Deserialize;
 
 use super::{messages::location, users::user_id};
 use crate::{
     AppState,
+    accept::NewJob,
     dispatch::detached,
     dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
@@ -40,26 +41,25 @@ pub async fn set(
         return Err(ApiError::validation(errors));
     };
     let id = StatusUpdateId::generate();
-    let tasks = state.tasks.clone();
-    let update = detached(&tasks, async move {
-        let mut slots = state.dispatcher.reserve(1);
-        let (update, row) = state
-            .db
-            .run(async |client| {
-                status_updates::insert(client, account, &user, id, &text, slots.publishing()).await
-            })
-            .await?
-            .ok_or_else(|| ApiError::not_found("user"))?;
-        slots.submit(row);
-        Ok(update)
+    let update = NewStatusUpdate {
+        id,
+        account,
+        user,
+        status: text,
+    };
+    // Committed with whatever else is being accepted now, on its own task
+    // (see `routes::messages::send`).
+    let accepter = state.accepter.clone();
+    detached(&state.tasks, async move {
+        accepter.accept(NewJob::StatusUpdate(update)).await
     })
     .await?;
     Ok((
         StatusCode::ACCEPTED,
-        location(format!("/v1/status-updates/{}", update.id)),
+        location(format!("/v1/status-updates/{id}")),
         Json(StatusAccepted {
-            status_update_id: update.id.to_string(),
-            status_update: update.state.public(),
+            status_update_id: id.to_string(),
+            status_update: StatusUpdateState::Queued.public(),
         }),
     ))
 }
