@@ -7,6 +7,7 @@
 
 mod load;
 mod procfs;
+mod progress;
 mod reference;
 mod report;
 mod stack;
@@ -14,7 +15,7 @@ mod stats;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use anyhow::{Result, anyhow};
 use clap::Parser;
 
 use procfs::{Group, Select};
+use progress::Progress;
 use report::{ProcFigures, Report, RunFigures, per_msg_us};
 use stack::Stack;
 
@@ -255,24 +257,8 @@ async fn stop_sampling(
     Ok(groups)
 }
 
-/// Prints `label done/total` on stderr every second until aborted.
-fn progress_lines(
-    label: &'static str,
-    done: Arc<AtomicU64>,
-    total: usize,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let start = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let n = done.load(Ordering::Relaxed);
-            eprintln!(
-                "  {label}: {n}/{total} ({:.0}/s)",
-                n as f64 / start.elapsed().as_secs_f64()
-            );
-        }
-    })
-}
+/// The longest progress label, so that the bars line up.
+const LABEL_WIDTH: usize = "reference consumed".len();
 
 fn server_groups() -> Vec<Group> {
     let mut groups = Vec::new();
@@ -355,13 +341,13 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         "kurir-bench: sending {m} messages to {} users, {mode}",
         settings.users
     );
-    let requested = Arc::new(AtomicU64::new(0));
-    let printer = progress_lines("accepted", requested.clone(), m);
+    let load_started = Instant::now();
+    let accepting = Progress::start("accepted", LABEL_WIDTH, m as u64, load_started);
     let sent = tokio::select! {
-        r = load.clone().send(m, settings.users, settings.concurrency, args.open_loop, requested) => r,
+        r = load.clone().send(m, settings.users, settings.concurrency, args.open_loop, accepting.counter()) => r,
         e = stack.watch() => Err(e),
     };
-    printer.abort();
+    accepting.finish();
     let sent = sent?;
     if sent.rejected > 0 {
         failures.push(format!(
@@ -376,16 +362,17 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         "kurir-bench: waiting until {} messages are sent",
         sent.accepted
     );
-    let mut last_print = Instant::now();
+    // Counted from the first request, like sent/s: most messages are sent
+    // while the load is still going.
+    let sending = Progress::start("sent", LABEL_WIDTH, sent.accepted, load_started);
+    let sent_so_far = sending.counter();
     let waited = tokio::select! {
         r = load::wait_sent(&db, sent.accepted, Duration::from_secs(args.timeout), |n| {
-            if last_print.elapsed() >= Duration::from_secs(1) {
-                eprintln!("  sent: {n}/{}", sent.accepted);
-                last_print = Instant::now();
-            }
+            sent_so_far.store(n, Ordering::Relaxed);
         }) => r,
         e = stack.watch() => Err(e),
     };
+    sending.finish();
     if let Err(e) = waited {
         failures.push(format!("{e:#}"));
     }
@@ -431,18 +418,18 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         groups.push(Group::new("bench", Select::Pids(vec![std::process::id()])));
         let groups = Arc::new(Mutex::new(groups));
         let sampling = sampler(groups.clone());
-        let done = Arc::new(AtomicU64::new(0));
-        let printer = progress_lines("reference consumed", done.clone(), m);
+        let consuming =
+            Progress::start("reference consumed", LABEL_WIDTH, m as u64, Instant::now());
         let outcome = reference::run(
             &stack.database_url,
             &stack.amqp_url,
             &stack.prefix,
             m,
             settings.concurrency,
-            done,
+            consuming.counter(),
         )
         .await;
-        printer.abort();
+        consuming.finish();
         let groups = stop_sampling(sampling, &groups).await?;
         match outcome {
             Ok(mut o) => {
