@@ -41,6 +41,10 @@ struct Args {
     /// `kurir worker` processes [default: 1]
     #[arg(long)]
     workers: Option<usize>,
+    /// `KURIR_WORKER_CONCURRENCY` of each worker: deliveries in flight
+    /// [default: not set, kurir's own default (64)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    worker_concurrency: Option<u16>,
     /// Users created before sending [default: 100]
     #[arg(long)]
     users: Option<usize>,
@@ -85,6 +89,7 @@ struct Settings {
     messages: usize,
     concurrency: usize,
     reference: bool,
+    worker_concurrency: Option<u16>,
 }
 
 impl Args {
@@ -102,6 +107,7 @@ impl Args {
             messages: preset(self.messages, 300, 20_000),
             concurrency: preset(self.concurrency, 16, 64),
             reference: self.reference && !self.smoke,
+            worker_concurrency: self.worker_concurrency,
         };
         if s.users == 0 || s.messages == 0 || s.concurrency == 0 || s.workers == 0 {
             return Err(anyhow!(
@@ -153,6 +159,7 @@ async fn real_main(args: Args) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
+    eprintln!("kurir-bench: {}", header_line(&args, &settings));
     let mut stack = match Stack::new(settings.bin_dir.clone(), &args.database_url, &args.amqp_url) {
         Ok(s) => s,
         Err(e) => {
@@ -227,6 +234,29 @@ async fn real_main(args: Args) -> std::process::ExitCode {
         eprintln!("kurir-bench: logs are in {}", stack.logs.display());
     }
     code
+}
+
+/// The run's settings, once at the start.
+fn header_line(args: &Args, settings: &Settings) -> String {
+    format!(
+        "{} messages, {} users, {}, {} worker(s), worker concurrency {}, provider latency {} ms{}",
+        settings.messages,
+        settings.users,
+        match args.open_loop {
+            Some(r) => format!("open loop at {r}/s with {} senders", settings.concurrency),
+            None => format!("concurrency {}", settings.concurrency),
+        },
+        settings.workers,
+        settings
+            .worker_concurrency
+            .map_or_else(|| "kurir's default".to_owned(), |c| c.to_string()),
+        args.provider_latency_ms,
+        if settings.reference {
+            ", then the reference"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Samples `groups` every 200 ms until aborted.
@@ -311,7 +341,11 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         settings.workers
     );
     stack
-        .start(settings.workers, args.provider_latency_ms)
+        .start(
+            settings.workers,
+            args.provider_latency_ms,
+            settings.worker_concurrency,
+        )
         .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);
 
@@ -474,6 +508,7 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         queue_prefix: stack.prefix.clone(),
         logs: stack.logs.display().to_string(),
         workers: settings.workers,
+        worker_concurrency: settings.worker_concurrency,
         users: settings.users,
         concurrency: settings.concurrency,
         open_loop_rate: args.open_loop,

@@ -64,6 +64,8 @@ pub struct Report {
     pub queue_prefix: String,
     pub logs: String,
     pub workers: usize,
+    /// `KURIR_WORKER_CONCURRENCY` given to the workers; `null`: kurir's default.
+    pub worker_concurrency: Option<u16>,
     pub users: usize,
     pub concurrency: usize,
     pub open_loop_rate: Option<f64>,
@@ -279,6 +281,7 @@ reference  6000.5
             queue_prefix: "p".into(),
             logs: "/tmp/x".into(),
             workers: 1,
+            worker_concurrency: None,
             users: 10,
             concurrency: 16,
             open_loop_rate: None,
