@@ -3,10 +3,12 @@
 //! waits until Postgres says every message is `sent`, and reports rates,
 //! latencies, CPU per message and peak RSS by process; with `--reference`
 //! also DESIGN.md's bare pipeline on the same Postgres and RabbitMQ, and
-//! kurir's ratio to it.
+//! kurir's ratio to it. `--rounds N` repeats that N times, alternately,
+//! and reports the median.
 
 mod load;
 mod procfs;
+mod progress;
 mod reference;
 mod report;
 mod stack;
@@ -14,7 +16,7 @@ mod stats;
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,7 +24,8 @@ use anyhow::{Result, anyhow};
 use clap::Parser;
 
 use procfs::{Group, Select};
-use report::{ProcFigures, Report, RunFigures, per_msg_us};
+use progress::Progress;
+use report::{Header, ProcFigures, Report, Round, RunFigures, per_msg_us};
 use stack::Stack;
 
 #[derive(Debug, Parser)]
@@ -39,6 +42,10 @@ struct Args {
     /// `kurir worker` processes [default: 1]
     #[arg(long)]
     workers: Option<usize>,
+    /// `KURIR_WORKER_CONCURRENCY` of each worker: deliveries in flight
+    /// [default: not set, kurir's own default (64)]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
+    worker_concurrency: Option<u16>,
     /// Users created before sending [default: 100]
     #[arg(long)]
     users: Option<usize>,
@@ -57,13 +64,19 @@ struct Args {
     /// Also run the bare pipeline (after kurir) and report kurir's ratio to it
     #[arg(long)]
     reference: bool,
+    /// Run kurir (then the reference, with --reference) N times, alternately,
+    /// each round on a fresh stack, and report the median round (--smoke: 1)
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// One JSON line with every figure on stdout instead of tables
     #[arg(long)]
     json: bool,
     /// Keep the stack running and the database for inspection
     #[arg(long)]
     keep: bool,
-    /// CI preset: 300 messages, 10 users, concurrency 16, 1 worker, no reference
+    /// CI preset: 300 messages, 10 users, concurrency 16, 1 worker, no
+    /// reference, 1 round
     #[arg(long)]
     smoke: bool,
     /// Seconds to wait for every accepted message to be `sent`
@@ -83,6 +96,8 @@ struct Settings {
     messages: usize,
     concurrency: usize,
     reference: bool,
+    rounds: usize,
+    worker_concurrency: Option<u16>,
 }
 
 impl Args {
@@ -100,6 +115,8 @@ impl Args {
             messages: preset(self.messages, 300, 20_000),
             concurrency: preset(self.concurrency, 16, 64),
             reference: self.reference && !self.smoke,
+            rounds: if self.smoke { 1 } else { self.rounds as usize },
+            worker_concurrency: self.worker_concurrency,
         };
         if s.users == 0 || s.messages == 0 || s.concurrency == 0 || s.workers == 0 {
             return Err(anyhow!(
@@ -110,6 +127,11 @@ impl Args {
             && !(r.is_finite() && r > 0.0)
         {
             return Err(anyhow!("--open-loop must be a positive rate, got {r}"));
+        }
+        if self.keep && s.rounds > 1 {
+            return Err(anyhow!(
+                "--keep keeps one stack: use it with --rounds 1 (the default)"
+            ));
         }
         Ok(s)
     }
@@ -151,80 +173,191 @@ async fn real_main(args: Args) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut stack = match Stack::new(settings.bin_dir.clone(), &args.database_url, &args.amqp_url) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("kurir-bench: {e:#}");
-            return std::process::ExitCode::FAILURE;
+    // Ctrl-C is caught once for the whole bench: the round under way is
+    // dropped, its stack cleaned up, and no further round starts.
+    let (interrupt_tx, interrupt) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            let _ = interrupt_tx.send(true);
         }
+    });
+    let header = Header {
+        workers: settings.workers,
+        worker_concurrency: settings.worker_concurrency,
+        users: settings.users,
+        concurrency: settings.concurrency,
+        open_loop_rate: args.open_loop,
+        provider_latency_ms: args.provider_latency_ms,
+        cores: std::thread::available_parallelism().map_or(0, usize::from),
     };
-    eprintln!(
-        "kurir-bench: database {}, queue prefix {}, logs in {}",
-        stack.database,
-        stack.prefix,
-        stack.logs.display()
-    );
-    let result = tokio::select! {
-        r = run(&args, &settings, &mut stack) => r,
-        _ = tokio::signal::ctrl_c() => Err(anyhow!("interrupted")),
-    };
-    let code = match &result {
-        Ok(report) => {
-            let mut out = std::io::stdout().lock();
-            let written = if args.json {
-                serde_json::to_string(report)
-                    .map_err(std::io::Error::other)
-                    .and_then(|line| writeln!(out, "{line}"))
-            } else {
-                write!(out, "{}", report.to_text())
+    eprintln!("kurir-bench: {}", header_line(&args, &settings));
+    let mut rounds: Vec<Round> = Vec::new();
+    let mut errors = Vec::new();
+    for n in 1..=settings.rounds {
+        if *interrupt.borrow() {
+            errors.push("interrupted".to_owned());
+            break;
+        }
+        let round = Numbered {
+            n,
+            of: settings.rounds,
+        };
+        let mut stack =
+            match Stack::new(settings.bin_dir.clone(), &args.database_url, &args.amqp_url) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("kurir-bench: {e:#}");
+                    errors.push(format!("{e:#}"));
+                    break;
+                }
             };
-            if let Err(e) = written {
-                eprintln!("kurir-bench: writing the report: {e}");
-            }
-            if report.ok {
-                std::process::ExitCode::SUCCESS
-            } else {
-                std::process::ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("kurir-bench: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    };
-    if args.keep {
         eprintln!(
-            "kurir-bench: kept: api {} (key {}), DATABASE_URL={} KURIR_QUEUE_PREFIX={}, logs {}; pids {:?}",
-            stack.api_url,
-            stack.key,
-            stack.database_url,
+            "kurir-bench: {}database {}, queue prefix {}, logs in {}",
+            round.tag(),
+            stack.database,
             stack.prefix,
-            stack.logs.display(),
-            stack
-                .children
-                .iter()
-                .map(|c| (&c.name, c.pid))
-                .collect::<Vec<_>>()
+            stack.logs.display()
         );
-        eprintln!(
-            "kurir-bench: afterwards: kill {}; kurir-bench --clean {}",
-            stack
-                .children
-                .iter()
-                .map(|c| c.pid.to_string())
-                .collect::<Vec<_>>()
-                .join(" "),
-            stack.database
-        );
-    } else {
-        eprintln!(
-            "kurir-bench: stopping the stack, dropping {}",
-            stack.database
-        );
-        stack.cleanup(&[reference::queue_name(&stack.prefix)]).await;
-        eprintln!("kurir-bench: logs are in {}", stack.logs.display());
+        let mut interrupted = interrupt.clone();
+        let result = tokio::select! {
+            r = run_round(&args, &settings, &mut stack, round) => r,
+            _ = interrupted.wait_for(|v| *v) => Err(anyhow!("interrupted")),
+        };
+        if args.keep {
+            print_kept(&stack);
+        } else {
+            eprintln!(
+                "kurir-bench: stopping the stack, dropping {}",
+                stack.database
+            );
+            stack.cleanup(&[reference::queue_name(&stack.prefix)]).await;
+            eprintln!("kurir-bench: logs are in {}", stack.logs.display());
+        }
+        match result {
+            Ok(r) => {
+                let failed = !r.failures.is_empty();
+                rounds.push(r);
+                if failed {
+                    if n < settings.rounds {
+                        eprintln!("kurir-bench: round {n} failed, no further rounds");
+                    }
+                    break;
+                }
+            }
+            Err(e) => {
+                eprintln!("kurir-bench: {e:#}");
+                errors.push(if settings.rounds > 1 {
+                    format!("round {n}: {e:#}")
+                } else {
+                    format!("{e:#}")
+                });
+                break;
+            }
+        }
     }
-    code
+    if rounds.is_empty() {
+        // Nothing measured: the error is on stderr already.
+        return std::process::ExitCode::FAILURE;
+    }
+    let report = Report::new(header, rounds, errors);
+    let mut out = std::io::stdout().lock();
+    let written = if args.json {
+        serde_json::to_string(&report)
+            .map_err(std::io::Error::other)
+            .and_then(|line| writeln!(out, "{line}"))
+    } else {
+        write!(out, "{}", report.to_text())
+    };
+    if let Err(e) = written {
+        eprintln!("kurir-bench: writing the report: {e}");
+    }
+    if report.ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// The run's settings, once at the start.
+fn header_line(args: &Args, settings: &Settings) -> String {
+    format!(
+        "{} messages, {} users, {}, {} worker(s), worker concurrency {}, provider latency {} ms, rounds {}{}",
+        settings.messages,
+        settings.users,
+        match args.open_loop {
+            Some(r) => format!("open loop at {r}/s with {} senders", settings.concurrency),
+            None => format!("concurrency {}", settings.concurrency),
+        },
+        settings.workers,
+        settings
+            .worker_concurrency
+            .map_or_else(|| "kurir's default".to_owned(), |c| c.to_string()),
+        args.provider_latency_ms,
+        settings.rounds,
+        if settings.reference {
+            " (kurir, then the reference)"
+        } else {
+            ""
+        }
+    )
+}
+
+fn print_kept(stack: &Stack) {
+    eprintln!(
+        "kurir-bench: kept: api {} (key {}), DATABASE_URL={} KURIR_QUEUE_PREFIX={}, logs {}; pids {:?}",
+        stack.api_url,
+        stack.key,
+        stack.database_url,
+        stack.prefix,
+        stack.logs.display(),
+        stack
+            .children
+            .iter()
+            .map(|c| (&c.name, c.pid))
+            .collect::<Vec<_>>()
+    );
+    eprintln!(
+        "kurir-bench: afterwards: kill {}; kurir-bench --clean {}",
+        stack
+            .children
+            .iter()
+            .map(|c| c.pid.to_string())
+            .collect::<Vec<_>>()
+            .join(" "),
+        stack.database
+    );
+}
+
+/// Which round of how many, for status lines and progress labels.
+#[derive(Debug, Clone, Copy)]
+struct Numbered {
+    n: usize,
+    of: usize,
+}
+
+impl Numbered {
+    /// `round 2 of 3: ` when there are several, else nothing.
+    fn tag(self) -> String {
+        if self.of > 1 {
+            format!("round {} of {}: ", self.n, self.of)
+        } else {
+            String::new()
+        }
+    }
+
+    /// A progress label: `round 2/3 sent` when there are several.
+    fn label(self, phase: &str) -> String {
+        if self.of > 1 {
+            format!("round {}/{} {phase}", self.n, self.of)
+        } else {
+            phase.to_owned()
+        }
+    }
+
+    /// The longest label of a round, so that its bars line up.
+    fn label_width(self) -> usize {
+        self.label("reference consumed").chars().count()
+    }
 }
 
 /// Samples `groups` every 200 ms until aborted.
@@ -253,25 +386,6 @@ async fn stop_sampling(
     let mut groups = std::mem::take(&mut *groups.lock().map_err(|_| anyhow!("sampler panicked"))?);
     groups.iter_mut().for_each(Group::finish);
     Ok(groups)
-}
-
-/// Prints `label done/total` on stderr every second until aborted.
-fn progress_lines(
-    label: &'static str,
-    done: Arc<AtomicU64>,
-    total: usize,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let start = Instant::now();
-        loop {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            let n = done.load(Ordering::Relaxed);
-            eprintln!(
-                "  {label}: {n}/{total} ({:.0}/s)",
-                n as f64 / start.elapsed().as_secs_f64()
-            );
-        }
-    })
 }
 
 fn server_groups() -> Vec<Group> {
@@ -314,18 +428,31 @@ fn ms(v: Option<f64>) -> Option<f64> {
     v.map(|s| s * 1000.0)
 }
 
-async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Report> {
+/// One round on `stack`: kurir, then the reference with `--reference`. An
+/// error when the bench itself could not go on; what kurir got wrong (not
+/// accepted, not sent in time, a child died) is in the round's failures.
+async fn run_round(
+    args: &Args,
+    settings: &Settings,
+    stack: &mut Stack,
+    round: Numbered,
+) -> Result<Round> {
     let ticks_per_s = procfs::clock_ticks_per_second() as f64;
     let mut failures = Vec::new();
     let m = settings.messages;
 
     eprintln!(
-        "kurir-bench: starting {} (migrate, key, sandbox, api, {} worker(s))",
+        "kurir-bench: {}starting {} (migrate, key, sandbox, api, {} worker(s))",
+        round.tag(),
         settings.bin_dir.display(),
         settings.workers
     );
     stack
-        .start(settings.workers, args.provider_latency_ms)
+        .start(
+            settings.workers,
+            args.provider_latency_ms,
+            settings.worker_concurrency,
+        )
         .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);
 
@@ -355,13 +482,18 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         "kurir-bench: sending {m} messages to {} users, {mode}",
         settings.users
     );
-    let requested = Arc::new(AtomicU64::new(0));
-    let printer = progress_lines("accepted", requested.clone(), m);
+    let load_started = Instant::now();
+    let accepting = Progress::start(
+        &round.label("accepted"),
+        round.label_width(),
+        m as u64,
+        load_started,
+    );
     let sent = tokio::select! {
-        r = load.clone().send(m, settings.users, settings.concurrency, args.open_loop, requested) => r,
+        r = load.clone().send(m, settings.users, settings.concurrency, args.open_loop, accepting.counter()) => r,
         e = stack.watch() => Err(e),
     };
-    printer.abort();
+    accepting.finish();
     let sent = sent?;
     if sent.rejected > 0 {
         failures.push(format!(
@@ -376,16 +508,22 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         "kurir-bench: waiting until {} messages are sent",
         sent.accepted
     );
-    let mut last_print = Instant::now();
+    // Counted from the first request, like sent/s: most messages are sent
+    // while the load is still going.
+    let sending = Progress::start(
+        &round.label("sent"),
+        round.label_width(),
+        sent.accepted,
+        load_started,
+    );
+    let sent_so_far = sending.counter();
     let waited = tokio::select! {
         r = load::wait_sent(&db, sent.accepted, Duration::from_secs(args.timeout), |n| {
-            if last_print.elapsed() >= Duration::from_secs(1) {
-                eprintln!("  sent: {n}/{}", sent.accepted);
-                last_print = Instant::now();
-            }
+            sent_so_far.store(n, Ordering::Relaxed);
         }) => r,
         e = stack.watch() => Err(e),
     };
+    sending.finish();
     if let Err(e) = waited {
         failures.push(format!("{e:#}"));
     }
@@ -431,18 +569,22 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         groups.push(Group::new("bench", Select::Pids(vec![std::process::id()])));
         let groups = Arc::new(Mutex::new(groups));
         let sampling = sampler(groups.clone());
-        let done = Arc::new(AtomicU64::new(0));
-        let printer = progress_lines("reference consumed", done.clone(), m);
+        let consuming = Progress::start(
+            &round.label("reference consumed"),
+            round.label_width(),
+            m as u64,
+            Instant::now(),
+        );
         let outcome = reference::run(
             &stack.database_url,
             &stack.amqp_url,
             &stack.prefix,
             m,
             settings.concurrency,
-            done,
+            consuming.counter(),
         )
         .await;
-        printer.abort();
+        consuming.finish();
         let groups = stop_sampling(sampling, &groups).await?;
         match outcome {
             Ok(mut o) => {
@@ -480,18 +622,12 @@ async fn run(args: &Args, settings: &Settings, stack: &mut Stack) -> Result<Repo
         eprintln!("kurir-bench: kurir's run failed, the reference is skipped");
     }
 
-    Ok(Report {
-        ok: failures.is_empty(),
-        failures,
+    Ok(Round {
+        round: round.n,
         database: stack.database.clone(),
         queue_prefix: stack.prefix.clone(),
         logs: stack.logs.display().to_string(),
-        workers: settings.workers,
-        users: settings.users,
-        concurrency: settings.concurrency,
-        open_loop_rate: args.open_loop,
-        provider_latency_ms: args.provider_latency_ms,
-        cores: std::thread::available_parallelism().map_or(0, usize::from),
+        failures,
         runs,
     })
 }

@@ -154,7 +154,14 @@ impl Stack {
         Ok(())
     }
 
-    pub async fn start(&mut self, workers: usize, provider_latency_ms: u64) -> Result<()> {
+    /// `worker_concurrency`: `KURIR_WORKER_CONCURRENCY` for each worker;
+    /// `None` leaves kurir's default.
+    pub async fn start(
+        &mut self,
+        workers: usize,
+        provider_latency_ms: u64,
+        worker_concurrency: Option<u16>,
+    ) -> Result<()> {
         self.database_created = true; // from here on, cleanup drops it (IF EXISTS)
         self.run_once("migrate", &["migrate"]).await?;
         self.key = self
@@ -183,23 +190,22 @@ impl Stack {
             &["api"],
             &[("KURIR_API_ADDR", format!("127.0.0.1:{api_port}"))],
         )?;
+        let mut worker_env = vec![
+            ("KURIR_PROVIDER", "whatsapp".to_owned()),
+            (
+                "KURIR_WHATSAPP_BASE_URL",
+                format!("http://127.0.0.1:{sandbox_port}/v25.0"),
+            ),
+            ("KURIR_WHATSAPP_TOKEN", SANDBOX_TOKEN.to_owned()),
+            ("KURIR_WHATSAPP_PHONE_NUMBER_ID", "1234567890".to_owned()),
+            ("KURIR_WORKER_METRICS_ADDR", "127.0.0.1:0".to_owned()),
+            ("KURIR_LOG_FORMAT", "json".to_owned()),
+        ];
+        if let Some(c) = worker_concurrency {
+            worker_env.push(("KURIR_WORKER_CONCURRENCY", c.to_string()));
+        }
         for i in 1..=workers {
-            self.spawn(
-                "kurir",
-                &format!("worker-{i}"),
-                &["worker"],
-                &[
-                    ("KURIR_PROVIDER", "whatsapp".to_owned()),
-                    (
-                        "KURIR_WHATSAPP_BASE_URL",
-                        format!("http://127.0.0.1:{sandbox_port}/v25.0"),
-                    ),
-                    ("KURIR_WHATSAPP_TOKEN", SANDBOX_TOKEN.to_owned()),
-                    ("KURIR_WHATSAPP_PHONE_NUMBER_ID", "1234567890".to_owned()),
-                    ("KURIR_WORKER_METRICS_ADDR", "127.0.0.1:0".to_owned()),
-                    ("KURIR_LOG_FORMAT", "json".to_owned()),
-                ],
-            )?;
+            self.spawn("kurir", &format!("worker-{i}"), &["worker"], &worker_env)?;
         }
 
         let http = reqwest::Client::builder()
