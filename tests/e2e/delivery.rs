@@ -398,3 +398,53 @@ async fn sends_committed_together_each_get_their_own_answer() {
     let listed = app.get_json("/v1/users/u1/messages?limit=100").await;
     assert_eq!(listed["messages"].as_array().unwrap().len(), 32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_and_status_updates_committed_together_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+62123456789").await;
+    // Both kinds in the same batches, some for a user that does not exist.
+    let requests = (0..40).map(|n| {
+        let user = if n % 4 == 3 { "nobody" } else { "u1" };
+        let (path, body) = if n % 2 == 0 {
+            (
+                format!("/v1/users/{user}/messages"),
+                json!({"message": format!("mixed {n}")}),
+            )
+        } else {
+            (
+                format!("/v1/users/{user}/status"),
+                json!({"status": format!("status {n}")}),
+            )
+        };
+        let app = &app;
+        async move {
+            let response = app.post(&path, &body).send().await.unwrap();
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (n, user, status, body)
+        }
+    });
+    let answers = futures_util::future::join_all(requests).await;
+    let mut updates = Vec::new();
+    for (n, user, status, body) in answers {
+        if user == "nobody" {
+            assert_eq!(status, StatusCode::NOT_FOUND, "{n}: {body}");
+            continue;
+        }
+        assert_eq!(status, StatusCode::ACCEPTED, "{n}: {body}");
+        if n % 2 == 0 {
+            assert_eq!(body["message_status"], "queued");
+            let id = body["message_id"].as_str().unwrap().to_owned();
+            app.message_with_status(&id, "sent").await;
+        } else {
+            assert_eq!(body["status_update"], "queued");
+            updates.push(body["status_update_id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(updates.len(), 10);
+    for id in &updates {
+        app.status_update_until(id, |u| u["status_update"] == "success")
+            .await;
+    }
+}
