@@ -34,8 +34,8 @@ pub struct Message {
 /// flight, or `failed`. Once the provider took the message the error of an
 /// earlier attempt explains nothing; it stays in the attempt history.
 const COLUMNS: &str = "m.id, m.user_id, m.body, m.state, m.attempts,
-     CASE WHEN m.state = 'queued' AND m.attempts > 0 THEN m.due_at END,
-     CASE WHEN m.state NOT IN ('sent', 'delivered', 'read') THEN m.last_error END,
+     CASE WHEN m.state = 'queued' AND m.attempts > 0 THEN m.due_at END AS next_attempt_at,
+     CASE WHEN m.state NOT IN ('sent', 'delivered', 'read') THEN m.last_error END AS last_error,
      m.provider_message_id, m.created_at, m.updated_at,
      m.sent_at, m.delivered_at, m.read_at, m.failed_at";
 
@@ -45,22 +45,23 @@ pub(crate) fn last_error(value: Option<serde_json::Value>) -> Result<Option<Last
         .transpose()
 }
 
+/// A row of [`COLUMNS`], read by name.
 fn from_row(row: &Row) -> Result<Message> {
     Ok(Message {
-        id: MessageId(row.get(0)),
-        user_id: UserId::from_trusted(row.get(1)),
-        body: MessageBody::from_trusted(row.get(2)),
-        status: row.get::<_, &str>(3).parse().map_err(corrupt)?,
-        attempts: row.get(4),
-        next_attempt_at: row.get(5),
-        last_error: last_error(row.get(6))?,
-        provider_message_id: row.get(7),
-        created_at: row.get(8),
-        updated_at: row.get(9),
-        sent_at: row.get(10),
-        delivered_at: row.get(11),
-        read_at: row.get(12),
-        failed_at: row.get(13),
+        id: MessageId(row.get("id")),
+        user_id: UserId::from_trusted(row.get("user_id")),
+        body: MessageBody::from_trusted(row.get("body")),
+        status: row.get::<_, &str>("state").parse().map_err(corrupt)?,
+        attempts: row.get("attempts"),
+        next_attempt_at: row.get("next_attempt_at"),
+        last_error: last_error(row.get("last_error"))?,
+        provider_message_id: row.get("provider_message_id"),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        sent_at: row.get("sent_at"),
+        delivered_at: row.get("delivered_at"),
+        read_at: row.get("read_at"),
+        failed_at: row.get("failed_at"),
     })
 }
 

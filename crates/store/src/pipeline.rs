@@ -113,9 +113,9 @@ fn publishable(kind: JobKind, rows: &[tokio_postgres::Row]) -> Vec<Publishable> 
     rows.iter()
         .map(|row| Publishable {
             kind,
-            id: row.get(0),
-            account: AccountId(row.get(1)),
-            attempts: row.get(2),
+            id: row.get("id"),
+            account: AccountId(row.get("account_id")),
+            attempts: row.get("attempts"),
         })
         .collect()
 }
@@ -312,7 +312,8 @@ fn claim_sql(kind: JobKind, payload: &str) -> String {
          FROM users u
          WHERE j.id = ANY($1) AND j.state = 'queued' AND j.due_at <= now()
            AND u.account_id = j.account_id AND u.id = j.user_id
-         RETURNING j.id, j.account_id, j.user_id, u.phone_number, {payload}, j.attempts, j.created_at"
+         RETURNING j.id, j.account_id, j.user_id, u.phone_number, {payload} AS payload,
+                   j.attempts, j.created_at"
     )
 }
 
@@ -342,13 +343,13 @@ pub async fn claim_messages(
     Ok(rows
         .iter()
         .map(|row| ClaimedMessage {
-            id: row.get(0),
-            account: AccountId(row.get(1)),
-            user_id: UserId::from_trusted(row.get(2)),
-            to: PhoneNumber::from_trusted(row.get(3)),
-            body: MessageBody::from_trusted(row.get(4)),
-            attempt: row.get(5),
-            created_at: row.get(6),
+            id: row.get("id"),
+            account: AccountId(row.get("account_id")),
+            user_id: UserId::from_trusted(row.get("user_id")),
+            to: PhoneNumber::from_trusted(row.get("phone_number")),
+            body: MessageBody::from_trusted(row.get("payload")),
+            attempt: row.get("attempts"),
+            created_at: row.get("created_at"),
         })
         .collect())
 }
@@ -364,13 +365,13 @@ pub async fn claim_status_updates(
     Ok(rows
         .iter()
         .map(|row| ClaimedStatusUpdate {
-            id: row.get(0),
-            account: AccountId(row.get(1)),
-            user_id: UserId::from_trusted(row.get(2)),
-            phone_number: PhoneNumber::from_trusted(row.get(3)),
-            status: StatusText::from_trusted(row.get(4)),
-            attempt: row.get(5),
-            created_at: row.get(6),
+            id: row.get("id"),
+            account: AccountId(row.get("account_id")),
+            user_id: UserId::from_trusted(row.get("user_id")),
+            phone_number: PhoneNumber::from_trusted(row.get("phone_number")),
+            status: StatusText::from_trusted(row.get("payload")),
+            attempt: row.get("attempts"),
+            created_at: row.get("created_at"),
         })
         .collect())
 }
@@ -713,19 +714,19 @@ pub async fn attempts_for(
         return Ok(None);
     }
     rows.iter()
-        .filter(|row| row.get::<_, Option<&str>>(0).is_some())
+        .filter(|row| row.get::<_, Option<&str>>("kind").is_some())
         .map(attempt_from_row)
         .collect::<Result<_>>()
         .map(Some)
 }
 
 fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
-    let kind = match row.get::<_, &str>(0) {
+    let kind = match row.get::<_, &str>("kind") {
         "message" => JobKind::Message,
         "status_update" => JobKind::StatusUpdate,
         other => return Err(corrupt(format!("attempt kind {other:?}"))),
     };
-    let outcome = match row.get::<_, &str>(5) {
+    let outcome = match row.get::<_, &str>("outcome") {
         "delivered" => AttemptOutcome::Delivered,
         "retryable" => AttemptOutcome::Retryable,
         "permanent" => AttemptOutcome::Permanent,
@@ -733,15 +734,15 @@ fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
     };
     Ok(Attempt {
         kind,
-        subject_id: row.get(1),
-        account: AccountId(row.get(2)),
-        attempt: row.get(3),
-        provider: row.get(4),
+        subject_id: row.get("subject_id"),
+        account: AccountId(row.get("account_id")),
+        attempt: row.get("attempt"),
+        provider: row.get("provider"),
         outcome,
-        http_status: row.get(6),
-        error_code: row.get(7),
-        error_detail: row.get(8),
-        latency_ms: row.get(9),
-        started_at: row.get(10),
+        http_status: row.get("http_status"),
+        error_code: row.get("error_code"),
+        error_detail: row.get("error_detail"),
+        latency_ms: row.get("latency_ms"),
+        started_at: row.get("started_at"),
     })
 }

@@ -31,22 +31,23 @@ pub struct StatusUpdate {
 /// As for messages (see `messages::COLUMNS`): `last_error` is not shown
 /// once the update succeeded.
 const COLUMNS: &str = "s.id, s.user_id, s.status, s.state, s.attempts,
-     CASE WHEN s.state = 'queued' AND s.attempts > 0 THEN s.due_at END,
-     CASE WHEN s.state <> 'success' THEN s.last_error END,
+     CASE WHEN s.state = 'queued' AND s.attempts > 0 THEN s.due_at END AS next_attempt_at,
+     CASE WHEN s.state <> 'success' THEN s.last_error END AS last_error,
      s.created_at, s.updated_at, s.completed_at";
 
+/// A row of [`COLUMNS`], read by name.
 fn from_row(row: &Row) -> Result<StatusUpdate> {
     Ok(StatusUpdate {
-        id: StatusUpdateId(row.get(0)),
-        user_id: UserId::from_trusted(row.get(1)),
-        status: StatusText::from_trusted(row.get(2)),
-        state: row.get::<_, &str>(3).parse().map_err(corrupt)?,
-        attempts: row.get(4),
-        next_attempt_at: row.get(5),
-        last_error: last_error(row.get(6))?,
-        created_at: row.get(7),
-        updated_at: row.get(8),
-        completed_at: row.get(9),
+        id: StatusUpdateId(row.get("id")),
+        user_id: UserId::from_trusted(row.get("user_id")),
+        status: StatusText::from_trusted(row.get("status")),
+        state: row.get::<_, &str>("state").parse().map_err(corrupt)?,
+        attempts: row.get("attempts"),
+        next_attempt_at: row.get("next_attempt_at"),
+        last_error: last_error(row.get("last_error"))?,
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
+        completed_at: row.get("completed_at"),
     })
 }
 

@@ -30,18 +30,19 @@ pub struct NewUser {
 
 const COLUMNS: &str = "id, seq, name, phone_number, profile_image, status, created_at, updated_at";
 
+/// A row of [`COLUMNS`], read by name.
 fn from_row(row: &Row) -> User {
     User {
-        id: UserId::from_trusted(row.get(0)),
-        seq: row.get(1),
-        name: UserName::from_trusted(row.get(2)),
-        phone_number: PhoneNumber::from_trusted(row.get(3)),
+        id: UserId::from_trusted(row.get("id")),
+        seq: row.get("seq"),
+        name: UserName::from_trusted(row.get("name")),
+        phone_number: PhoneNumber::from_trusted(row.get("phone_number")),
         profile_image: row
-            .get::<_, Option<String>>(4)
+            .get::<_, Option<String>>("profile_image")
             .map(ProfileImage::from_trusted),
-        status: StatusText::from_trusted(row.get(5)),
-        created_at: row.get(6),
-        updated_at: row.get(7),
+        status: StatusText::from_trusted(row.get("status")),
+        created_at: row.get("created_at"),
+        updated_at: row.get("updated_at"),
     }
 }
 
