@@ -4,11 +4,10 @@ use chrono::{DateTime, Utc};
 use kurir_core::{AccountId, JobKind, LastError, MessageBody, MessageId, MessageStatus, UserId};
 use tokio_postgres::Row;
 use tracing::instrument;
-use uuid::Uuid;
 
 use crate::{
     GenericClient, Result, corrupt,
-    pipeline::{Publishable, Publishing, notify_relays},
+    pipeline::{Publishable, Publishing, insert_accepted},
 };
 
 #[derive(Debug, Clone)]
@@ -83,36 +82,10 @@ pub async fn insert_many(
     messages: &[NewMessage],
     publishing: Publishing,
 ) -> Result<Vec<Publishable>> {
-    if messages.is_empty() {
-        return Ok(Vec::new());
-    }
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO messages (id, account_id, user_id, body, published, published_at)
-             SELECT n.id, u.account_id, u.id, n.body, $5, CASE WHEN $5 THEN now() END
-             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
-                  AS n(id, account_id, user_id, body)
-             JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
-             RETURNING id, account_id",
-        )
-        .await?;
-    let ids: Vec<Uuid> = messages.iter().map(|m| m.id.0).collect();
-    let accounts: Vec<i64> = messages.iter().map(|m| m.account.0).collect();
-    let users: Vec<&str> = messages.iter().map(|m| m.user.as_str()).collect();
-    let bodies: Vec<&str> = messages.iter().map(|m| m.body.as_str()).collect();
-    let rows = client
-        .query(
-            &statement,
-            &[&ids, &accounts, &users, &bodies, &publishing.published()],
-        )
-        .await?;
-    if publishing == Publishing::ByRelay && !rows.is_empty() {
-        notify_relays(client).await?;
-    }
-    Ok(rows
+    let rows = messages
         .iter()
-        .map(|row| Publishable::accepted(JobKind::Message, row.get(0), AccountId(row.get(1))))
-        .collect())
+        .map(|m| (m.id.0, m.account, m.user.as_str(), m.body.as_str()));
+    insert_accepted(client, JobKind::Message, rows, publishing).await
 }
 
 pub async fn get(

@@ -82,6 +82,60 @@ impl Publishing {
     }
 }
 
+/// The accept shared by both kinds: one multi-row INSERT of `(id, account,
+/// user, text)` rows (the text is a message's body or a status update's
+/// status), stored as `publishing` says; a row whose user does not exist in
+/// its account is not stored. Returns what is to be published of those
+/// stored, and wakes the relays if they are to publish them.
+pub(crate) async fn insert_accepted<'a>(
+    client: &impl GenericClient,
+    kind: JobKind,
+    rows: impl Iterator<Item = (Uuid, AccountId, &'a str, &'a str)>,
+    publishing: Publishing,
+) -> Result<Vec<Publishable>> {
+    let mut ids = Vec::new();
+    let mut accounts = Vec::new();
+    let mut users = Vec::new();
+    let mut texts = Vec::new();
+    for (id, account, user, text) in rows {
+        ids.push(id);
+        accounts.push(account.0);
+        users.push(user);
+        texts.push(text);
+    }
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let t = table(kind);
+    let text = match kind {
+        JobKind::Message => "body",
+        JobKind::StatusUpdate => "status",
+    };
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at)
+             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
+                  AS n(id, account_id, user_id, text)
+             JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
+             RETURNING id, account_id"
+        ))
+        .await?;
+    let stored = client
+        .query(
+            &statement,
+            &[&ids, &accounts, &users, &texts, &publishing.published()],
+        )
+        .await?;
+    if publishing == Publishing::ByRelay && !stored.is_empty() {
+        notify_relays(client).await?;
+    }
+    Ok(stored
+        .iter()
+        .map(|row| Publishable::accepted(kind, row.get("id"), AccountId(row.get("account_id"))))
+        .collect())
+}
+
 /// Claims up to `limit` due, unpublished rows that nobody is publishing, for
 /// `lease`. Concurrent relays skip each other's rows.
 #[instrument(skip(client))]

@@ -6,12 +6,11 @@ use kurir_core::{
 };
 use tokio_postgres::Row;
 use tracing::instrument;
-use uuid::Uuid;
 
 use crate::{
     GenericClient, Result, corrupt,
     messages::last_error,
-    pipeline::{Publishable, Publishing, notify_relays},
+    pipeline::{Publishable, Publishing, insert_accepted},
 };
 
 #[derive(Debug, Clone)]
@@ -69,36 +68,10 @@ pub async fn insert_many(
     updates: &[NewStatusUpdate],
     publishing: Publishing,
 ) -> Result<Vec<Publishable>> {
-    if updates.is_empty() {
-        return Ok(Vec::new());
-    }
-    let statement = client
-        .prepare_cached(
-            "INSERT INTO status_updates (id, account_id, user_id, status, published, published_at)
-             SELECT n.id, u.account_id, u.id, n.status, $5, CASE WHEN $5 THEN now() END
-             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
-                  AS n(id, account_id, user_id, status)
-             JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
-             RETURNING id, account_id",
-        )
-        .await?;
-    let ids: Vec<Uuid> = updates.iter().map(|u| u.id.0).collect();
-    let accounts: Vec<i64> = updates.iter().map(|u| u.account.0).collect();
-    let users: Vec<&str> = updates.iter().map(|u| u.user.as_str()).collect();
-    let texts: Vec<&str> = updates.iter().map(|u| u.status.as_str()).collect();
-    let rows = client
-        .query(
-            &statement,
-            &[&ids, &accounts, &users, &texts, &publishing.published()],
-        )
-        .await?;
-    if publishing == Publishing::ByRelay && !rows.is_empty() {
-        notify_relays(client).await?;
-    }
-    Ok(rows
+    let rows = updates
         .iter()
-        .map(|row| Publishable::accepted(JobKind::StatusUpdate, row.get(0), AccountId(row.get(1))))
-        .collect())
+        .map(|u| (u.id.0, u.account, u.user.as_str(), u.status.as_str()));
+    insert_accepted(client, JobKind::StatusUpdate, rows, publishing).await
 }
 
 pub async fn get(
