@@ -251,49 +251,6 @@ pub struct ProviderArgs {
     pub webhook_secret: Option<String>,
 }
 
-impl ProviderArgs {
-    /// Cross-field checks clap cannot express: the chosen provider's settings are set.
-    pub fn check(&self) -> Result<(), String> {
-        let http_url = |name: &str, value: &str| -> Result<(), String> {
-            match url::Url::parse(value) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(()),
-                _ => Err(format!("{name} must be an http(s) URL, got {value:?}")),
-            }
-        };
-        match self.provider {
-            ProviderKind::Log => Ok(()),
-            ProviderKind::Whatsapp => {
-                http_url("KURIR_WHATSAPP_BASE_URL", &self.whatsapp_base_url)?;
-                if self.whatsapp_token.as_deref().unwrap_or("").is_empty() {
-                    return Err("KURIR_PROVIDER=whatsapp needs KURIR_WHATSAPP_TOKEN".into());
-                }
-                if self
-                    .whatsapp_phone_number_id
-                    .as_deref()
-                    .unwrap_or("")
-                    .is_empty()
-                {
-                    return Err(
-                        "KURIR_PROVIDER=whatsapp needs KURIR_WHATSAPP_PHONE_NUMBER_ID".into(),
-                    );
-                }
-                Ok(())
-            }
-            ProviderKind::Webhook => {
-                let url = self
-                    .webhook_url
-                    .as_deref()
-                    .ok_or("KURIR_PROVIDER=webhook needs KURIR_WEBHOOK_URL")?;
-                http_url("KURIR_WEBHOOK_URL", url)?;
-                if self.webhook_secret.as_deref().unwrap_or("").is_empty() {
-                    return Err("KURIR_PROVIDER=webhook needs KURIR_WEBHOOK_SECRET".into());
-                }
-                Ok(())
-            }
-        }
-    }
-}
-
 /// The retry schedule: exponential backoff with jitter, capped, with a deadline.
 #[derive(Debug, Clone, Args)]
 pub struct RetryArgs {
@@ -390,19 +347,6 @@ mod tests {
         assert_eq!(worker.republish_after, Duration::from_secs(300));
         let database: DatabaseArgs = defaults();
         assert!(worker.check(&provider, &database).is_ok());
-    }
-
-    #[test]
-    fn a_chosen_provider_needs_its_settings() {
-        let mut provider: ProviderArgs = defaults();
-        provider.provider = ProviderKind::Whatsapp;
-        provider.whatsapp_token = None;
-        let err = provider.check().unwrap_err();
-        assert!(err.contains("KURIR_WHATSAPP_TOKEN"), "{err}");
-        provider.provider = ProviderKind::Webhook;
-        provider.webhook_url = Some("not a url".into());
-        let err = provider.check().unwrap_err();
-        assert!(err.contains("KURIR_WEBHOOK_URL"), "{err}");
     }
 
     #[test]

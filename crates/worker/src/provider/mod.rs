@@ -107,9 +107,10 @@ pub trait Provider: Send + Sync + 'static {
     async fn update_status(&self, update: &OutboundStatus) -> Outcome;
 }
 
-/// Builds the configured provider. `args` must have passed [`ProviderArgs::check`].
+/// Builds the configured provider, checking its settings: each provider
+/// checks its own, here and nowhere else, so a worker with a missing token or
+/// a bad URL stops at start naming the setting.
 pub fn from_args(args: &ProviderArgs) -> Result<Arc<dyn Provider>, String> {
-    args.check()?;
     Ok(match args.provider {
         ProviderKind::Log => Arc::new(LogProvider),
         ProviderKind::Whatsapp => Arc::new(WhatsAppProvider::from_args(args)?),
