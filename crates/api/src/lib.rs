@@ -40,12 +40,16 @@ use tracing::info;
 
 use crate::{dispatch::Dispatcher, error::ApiError};
 
-/// Everything `kurir api` reads.
-#[derive(Debug, Clone)]
+/// Everything `kurir api` reads (its command line and environment).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
     pub bus: BusArgs,
+    #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
     pub api: ApiArgs,
 }
 

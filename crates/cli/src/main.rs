@@ -9,9 +9,7 @@ mod keys;
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use kurir_core::config::{
-    ApiArgs, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs,
-};
+use kurir_core::config::{BusArgs, DatabaseArgs, ProviderArgs, RetryArgs, WorkerArgs};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -38,13 +36,13 @@ enum Command {
         database: DatabaseArgs,
     },
     /// Serve the HTTP API.
-    Api(ApiCommand),
+    Api(kurir_api::Config),
     /// Consume and deliver; scale by running more of them.
-    Worker(WorkerCommand),
+    Worker(kurir_worker::Config),
     /// Migrate, then run the API and a worker in one process (for trying it out).
     Dev {
         #[command(flatten)]
-        api: ApiCommand,
+        api: kurir_api::Config,
         #[command(flatten)]
         worker: WorkerOnly,
     },
@@ -66,18 +64,6 @@ enum Command {
     },
 }
 
-#[derive(Debug, Clone, Args)]
-struct ApiCommand {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    #[command(flatten)]
-    bus: BusArgs,
-    #[command(flatten)]
-    pipeline: PipelineArgs,
-    #[command(flatten)]
-    api: ApiArgs,
-}
-
 /// The worker's own settings (the shared ones come with the API's in `dev`).
 #[derive(Debug, Clone, Args)]
 struct WorkerOnly {
@@ -87,18 +73,6 @@ struct WorkerOnly {
     provider: ProviderArgs,
     #[command(flatten)]
     retry: RetryArgs,
-}
-
-#[derive(Debug, Clone, Args)]
-struct WorkerCommand {
-    #[command(flatten)]
-    database: DatabaseArgs,
-    #[command(flatten)]
-    bus: BusArgs,
-    #[command(flatten)]
-    pipeline: PipelineArgs,
-    #[command(flatten)]
-    own: WorkerOnly,
 }
 
 fn init_logging(format: &str) {
@@ -235,12 +209,11 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Api(api) => {
             checks::database(&api.database).await?;
             let shutdown = shutdown_on_signals();
-            serve_api(api_config(api), shutdown).await
+            serve_api(api, shutdown).await
         }
-        Command::Worker(command) => {
-            checks::database(&command.database).await?;
+        Command::Worker(config) => {
+            checks::database(&config.database).await?;
             let shutdown = shutdown_on_signals();
-            let config = worker_config(command);
             let worker = start_worker(config, &shutdown).await?;
             worker.wait().await;
             Ok(())
@@ -248,14 +221,17 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Dev { api, worker } => {
             migrate(&api.database).await?;
             let shutdown = shutdown_on_signals();
-            let worker_config = worker_config(WorkerCommand {
+            // The shared settings are the API's; the worker adds its own.
+            let worker_config = kurir_worker::Config {
                 database: api.database.clone(),
                 bus: api.bus.clone(),
                 pipeline: api.pipeline.clone(),
-                own: worker,
-            });
+                worker: worker.worker,
+                provider: worker.provider,
+                retry: worker.retry,
+            };
             let worker = start_worker(worker_config, &shutdown).await?;
-            let served = serve_api(api_config(api), shutdown.clone()).await;
+            let served = serve_api(api, shutdown.clone()).await;
             shutdown.cancel();
             worker.wait().await;
             served
@@ -271,26 +247,6 @@ async fn run(command: Command) -> Result<(), Failure> {
                 dlq::Error::Usage(message) => Failure::Config(message),
                 dlq::Error::Failed(message) => Failure::Runtime(message),
             }),
-    }
-}
-
-fn api_config(command: ApiCommand) -> kurir_api::Config {
-    kurir_api::Config {
-        database: command.database,
-        bus: command.bus,
-        pipeline: command.pipeline,
-        api: command.api,
-    }
-}
-
-fn worker_config(command: WorkerCommand) -> kurir_worker::Config {
-    kurir_worker::Config {
-        database: command.database,
-        bus: command.bus,
-        pipeline: command.pipeline,
-        worker: command.own.worker,
-        provider: command.own.provider,
-        retry: command.own.retry,
     }
 }
 

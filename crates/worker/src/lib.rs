@@ -30,18 +30,23 @@ use tracing::{debug, info, warn};
 
 use crate::{deliver::Deliverer, provider::Provider, relay::RelayConfig, retry::RetryPolicy};
 
-/// Everything `kurir worker` reads.
-#[derive(Debug, Clone)]
+/// Everything `kurir worker` reads (its command line and environment).
+#[derive(Debug, Clone, clap::Args)]
 pub struct Config {
+    #[command(flatten)]
     pub database: DatabaseArgs,
+    #[command(flatten)]
     pub bus: BusArgs,
+    #[command(flatten)]
     pub pipeline: PipelineArgs,
+    #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
     pub provider: ProviderArgs,
+    #[command(flatten)]
     pub retry: RetryArgs,
 }
 
-/// A setting the worker cannot start with; the message names it.
 /// Why a worker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
