@@ -21,7 +21,10 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use kurir_core::{AccountId, JobKind, LastError, MessageBody, PhoneNumber, StatusText, UserId};
+use kurir_core::{
+    AccountId, JobKind, LastError, MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId,
+    UserId,
+};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -331,10 +334,10 @@ pub async fn requeue_expired(
     Ok(client.execute(&statement, &[&limit]).await?)
 }
 
-/// A message a worker now holds.
+/// A message a worker now holds: what its provider is handed.
 #[derive(Debug, Clone)]
 pub struct ClaimedMessage {
-    pub id: Uuid,
+    pub id: MessageId,
     pub account: AccountId,
     pub user_id: UserId,
     pub to: PhoneNumber,
@@ -344,10 +347,10 @@ pub struct ClaimedMessage {
     pub created_at: DateTime<Utc>,
 }
 
-/// A status update a worker now holds.
+/// A status update a worker now holds: what its provider is handed.
 #[derive(Debug, Clone)]
 pub struct ClaimedStatusUpdate {
-    pub id: Uuid,
+    pub id: StatusUpdateId,
     pub account: AccountId,
     pub user_id: UserId,
     pub phone_number: PhoneNumber,
@@ -397,7 +400,7 @@ pub async fn claim_messages(
     Ok(rows
         .iter()
         .map(|row| ClaimedMessage {
-            id: row.get("id"),
+            id: MessageId(row.get("id")),
             account: AccountId(row.get("account_id")),
             user_id: UserId::from_trusted(row.get("user_id")),
             to: PhoneNumber::from_trusted(row.get("phone_number")),
@@ -419,7 +422,7 @@ pub async fn claim_status_updates(
     Ok(rows
         .iter()
         .map(|row| ClaimedStatusUpdate {
-            id: row.get("id"),
+            id: StatusUpdateId(row.get("id")),
             account: AccountId(row.get("account_id")),
             user_id: UserId::from_trusted(row.get("user_id")),
             phone_number: PhoneNumber::from_trusted(row.get("phone_number")),

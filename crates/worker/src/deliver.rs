@@ -20,7 +20,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use kurir_bus::{Delivery, Envelope, Publisher};
-use kurir_core::{LastError, MessageId, StatusUpdateId, runtime::Reconnect};
+use kurir_core::{LastError, runtime::Reconnect};
 use kurir_store::{
     Db, StoreError,
     pipeline::{self, Attempt, AttemptOutcome, Recorded, Resolution},
@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
-    provider::{OutboundMessage, OutboundStatus, Outcome, Provider, ProviderError},
+    provider::{Outcome, Provider, ProviderError},
     retry::RetryPolicy,
 };
 
@@ -308,26 +308,8 @@ impl Deliverer {
         let limit = self.provider_timeout + Duration::from_secs(1);
         let call = async {
             match claimed {
-                Claimed::Message(m) => {
-                    let message = OutboundMessage {
-                        message_id: MessageId(m.id),
-                        user_id: m.user_id.clone(),
-                        to: m.to.clone(),
-                        body: m.body.clone(),
-                        attempt: m.attempt,
-                    };
-                    self.provider.send_message(&message).await
-                }
-                Claimed::StatusUpdate(s) => {
-                    let update = OutboundStatus {
-                        status_update_id: StatusUpdateId(s.id),
-                        user_id: s.user_id.clone(),
-                        phone_number: s.phone_number.clone(),
-                        status: s.status.clone(),
-                        attempt: s.attempt,
-                    };
-                    self.provider.update_status(&update).await
-                }
+                Claimed::Message(message) => self.provider.send_message(message).await,
+                Claimed::StatusUpdate(update) => self.provider.update_status(update).await,
             }
         };
         match tokio::time::timeout(limit, call).await {
@@ -429,7 +411,7 @@ mod tests {
 
     fn claimed() -> Claimed {
         Claimed::Message(pipeline::ClaimedMessage {
-            id: uuid::Uuid::now_v7(),
+            id: kurir_core::MessageId::generate(),
             account: AccountId(7),
             user_id: UserId::from_trusted("u1".into()),
             to: PhoneNumber::from_trusted("+6281234567890".into()),

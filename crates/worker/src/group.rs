@@ -110,12 +110,12 @@ async fn claim(db: Db, lease: Duration, group: Vec<Asked<(JobKind, Uuid), Claim>
                     JobKind::Message => pipeline::claim_messages(client, &ids, lease)
                         .await?
                         .into_iter()
-                        .map(|m| (m.id, Claimed::Message(m)))
+                        .map(|m| (m.id.0, Claimed::Message(m)))
                         .collect::<HashMap<_, _>>(),
                     JobKind::StatusUpdate => pipeline::claim_status_updates(client, &ids, lease)
                         .await?
                         .into_iter()
-                        .map(|s| (s.id, Claimed::StatusUpdate(s)))
+                        .map(|s| (s.id.0, Claimed::StatusUpdate(s)))
                         .collect::<HashMap<_, _>>(),
                 })
             })

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 
-use super::{OutboundMessage, OutboundStatus, Outcome, Provider};
+use super::{ClaimedMessage, ClaimedStatusUpdate, Outcome, Provider};
 
 /// Logs each message and status update (never the text itself, only its
 /// length) and reports it delivered.
@@ -16,10 +16,10 @@ impl Provider for LogProvider {
         "log"
     }
 
-    async fn send_message(&self, message: &OutboundMessage) -> Outcome {
+    async fn send_message(&self, message: &ClaimedMessage) -> Outcome {
         tracing::info!(
             provider = "log",
-            message_id = %message.message_id,
+            message_id = %message.id,
             user_id = %message.user_id,
             to = %message.to,
             body_chars = message.body.as_str().chars().count(),
@@ -27,15 +27,15 @@ impl Provider for LogProvider {
             "message delivered (log provider)"
         );
         Outcome::Delivered {
-            provider_message_id: Some(format!("log-{}", message.message_id)),
+            provider_message_id: Some(format!("log-{}", message.id)),
             http_status: None,
         }
     }
 
-    async fn update_status(&self, update: &OutboundStatus) -> Outcome {
+    async fn update_status(&self, update: &ClaimedStatusUpdate) -> Outcome {
         tracing::info!(
             provider = "log",
-            status_update_id = %update.status_update_id,
+            status_update_id = %update.id,
             user_id = %update.user_id,
             to = %update.phone_number,
             status_chars = update.status.as_str().chars().count(),
@@ -61,7 +61,7 @@ mod tests {
         assert_eq!(
             LogProvider.send_message(&message).await,
             Outcome::Delivered {
-                provider_message_id: Some(format!("log-{}", message.message_id)),
+                provider_message_id: Some(format!("log-{}", message.id)),
                 http_status: None,
             }
         );

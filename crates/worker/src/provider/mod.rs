@@ -8,10 +8,7 @@
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
-use kurir_core::{
-    MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
-    config::{ProviderArgs, ProviderKind},
-};
+use kurir_core::config::{ProviderArgs, ProviderKind};
 
 mod http;
 mod log;
@@ -24,26 +21,8 @@ pub use self::log::LogProvider;
 pub use webhook::WebhookProvider;
 pub use whatsapp::WhatsAppProvider;
 
-/// A text message to deliver.
-#[derive(Debug, Clone)]
-pub struct OutboundMessage {
-    pub message_id: MessageId,
-    pub user_id: UserId,
-    pub to: PhoneNumber,
-    pub body: MessageBody,
-    /// 1 for the first try.
-    pub attempt: i32,
-}
-
-/// A status update to apply.
-#[derive(Debug, Clone)]
-pub struct OutboundStatus {
-    pub status_update_id: StatusUpdateId,
-    pub user_id: UserId,
-    pub phone_number: PhoneNumber,
-    pub status: StatusText,
-    pub attempt: i32,
-}
+/// What a provider is handed: the row as the claim returned it.
+pub use kurir_store::pipeline::{ClaimedMessage, ClaimedStatusUpdate};
 
 /// What one attempt came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -101,10 +80,10 @@ pub trait Provider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 
     /// One attempt to deliver a text message.
-    async fn send_message(&self, message: &OutboundMessage) -> Outcome;
+    async fn send_message(&self, message: &ClaimedMessage) -> Outcome;
 
     /// One attempt to apply a status update.
-    async fn update_status(&self, update: &OutboundStatus) -> Outcome;
+    async fn update_status(&self, update: &ClaimedStatusUpdate) -> Outcome;
 }
 
 /// Builds the configured provider, checking its settings: each provider

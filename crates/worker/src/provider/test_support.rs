@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use kurir_core::{
-    MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
+    AccountId, MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
     config::{ProviderArgs, ProviderKind},
 };
 
@@ -15,11 +15,13 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::{OutboundMessage, OutboundStatus};
+use super::{ClaimedMessage, ClaimedStatusUpdate};
 
-pub fn message() -> OutboundMessage {
-    OutboundMessage {
-        message_id: MessageId::generate(),
+pub fn message() -> ClaimedMessage {
+    ClaimedMessage {
+        id: MessageId::generate(),
+        account: AccountId(1),
+        created_at: chrono::Utc::now(),
         user_id: UserId::parse("user_id", "usr_1").expect("user id"),
         to: PhoneNumber::parse("to", "+6281234567890").expect("phone"),
         body: MessageBody::parse("message", "Halo, apa kabar? ✓ \"quoted\"").expect("body"),
@@ -27,9 +29,11 @@ pub fn message() -> OutboundMessage {
     }
 }
 
-pub fn status() -> OutboundStatus {
-    OutboundStatus {
-        status_update_id: StatusUpdateId::generate(),
+pub fn status() -> ClaimedStatusUpdate {
+    ClaimedStatusUpdate {
+        id: StatusUpdateId::generate(),
+        account: AccountId(1),
+        created_at: chrono::Utc::now(),
         user_id: UserId::parse("user_id", "usr_1").expect("user id"),
         phone_number: PhoneNumber::parse("phone_number", "+6281234567890").expect("phone"),
         status: StatusText::parse("status", "Sedang sibuk dalam rapat.").expect("status"),

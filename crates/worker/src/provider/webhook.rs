@@ -23,7 +23,7 @@ use serde_json::Value;
 use sha2::Sha256;
 
 use super::{
-    OutboundMessage, OutboundStatus, Outcome, Provider, ProviderError,
+    ClaimedMessage, ClaimedStatusUpdate, Outcome, Provider, ProviderError,
     http::{self, Answer},
 };
 
@@ -164,29 +164,28 @@ impl Provider for WebhookProvider {
         "webhook"
     }
 
-    async fn send_message(&self, message: &OutboundMessage) -> Outcome {
+    async fn send_message(&self, message: &ClaimedMessage) -> Outcome {
         let event = MessageEvent {
             kind: "message.send",
-            message_id: message.message_id,
+            message_id: message.id,
             user_id: &message.user_id,
             to: &message.to,
             message: &message.body,
             attempt: message.attempt,
         };
-        self.deliver(&message.message_id.to_string(), &event).await
+        self.deliver(&message.id.to_string(), &event).await
     }
 
-    async fn update_status(&self, update: &OutboundStatus) -> Outcome {
+    async fn update_status(&self, update: &ClaimedStatusUpdate) -> Outcome {
         let event = StatusEvent {
             kind: "status.update",
-            status_update_id: update.status_update_id,
+            status_update_id: update.id,
             user_id: &update.user_id,
             phone_number: &update.phone_number,
             status: &update.status,
             attempt: update.attempt,
         };
-        self.deliver(&update.status_update_id.to_string(), &event)
-            .await
+        self.deliver(&update.id.to_string(), &event).await
     }
 }
 
@@ -297,7 +296,7 @@ mod tests {
         assert_eq!(request.header("content-type"), Some("application/json"));
         assert_eq!(
             request.header("webhook-id"),
-            Some(message.message_id.to_string().as_str())
+            Some(message.id.to_string().as_str())
         );
         let key = STANDARD
             .decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
@@ -307,7 +306,7 @@ mod tests {
             request.json(),
             json!({
                 "type": "message.send",
-                "message_id": message.message_id.to_string(),
+                "message_id": message.id.to_string(),
                 "user_id": "usr_1",
                 "to": "+6281234567890",
                 "message": message.body.as_str(),
@@ -332,14 +331,14 @@ mod tests {
         let request = server.request().await;
         assert_eq!(
             request.header("webhook-id"),
-            Some(update.status_update_id.to_string().as_str())
+            Some(update.id.to_string().as_str())
         );
         assert_signed(&request, b"plain secret");
         assert_eq!(
             request.json(),
             json!({
                 "type": "status.update",
-                "status_update_id": update.status_update_id.to_string(),
+                "status_update_id": update.id.to_string(),
                 "user_id": "usr_1",
                 "phone_number": "+6281234567890",
                 "status": "Sedang sibuk dalam rapat.",

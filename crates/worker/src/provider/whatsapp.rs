@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    OutboundMessage, OutboundStatus, Outcome, Provider, ProviderError,
+    ClaimedMessage, ClaimedStatusUpdate, Outcome, Provider, ProviderError,
     http::{self, Answer, MAX_DETAIL_CHARS},
 };
 use kurir_core::config::ProviderArgs;
@@ -121,7 +121,7 @@ impl Provider for WhatsAppProvider {
         "whatsapp"
     }
 
-    async fn send_message(&self, message: &OutboundMessage) -> Outcome {
+    async fn send_message(&self, message: &ClaimedMessage) -> Outcome {
         let payload = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
@@ -131,7 +131,7 @@ impl Provider for WhatsAppProvider {
                 "preview_url": false,
                 "body": message.body.as_str(),
             },
-            "biz_opaque_callback_data": message.message_id.to_string(),
+            "biz_opaque_callback_data": message.id.to_string(),
         });
         let answer = match self.post(&self.messages_url, &payload).await {
             Ok(answer) => answer,
@@ -144,7 +144,7 @@ impl Provider for WhatsAppProvider {
         if provider_message_id.is_none() {
             tracing::warn!(
                 provider = "whatsapp",
-                message_id = %message.message_id,
+                message_id = %message.id,
                 http_status = answer.status.as_u16(),
                 "WhatsApp accepted the message but its answer names no message id"
             );
@@ -155,7 +155,7 @@ impl Provider for WhatsAppProvider {
         }
     }
 
-    async fn update_status(&self, update: &OutboundStatus) -> Outcome {
+    async fn update_status(&self, update: &ClaimedStatusUpdate) -> Outcome {
         let payload = json!({
             "messaging_product": "whatsapp",
             "about": update.status.as_str(),
@@ -363,7 +363,7 @@ mod tests {
                 "to": "6281234567890",
                 "type": "text",
                 "text": {"preview_url": false, "body": message.body.as_str()},
-                "biz_opaque_callback_data": message.message_id.to_string(),
+                "biz_opaque_callback_data": message.id.to_string(),
             })
         );
     }
