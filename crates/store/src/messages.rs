@@ -112,7 +112,10 @@ pub async fn list_for_user(
         "SELECT {COLUMNS} FROM messages m
          WHERE m.account_id = $1 AND m.user_id = $2
            AND ($3::text IS NULL OR m.state = $3)
-           AND ($4::uuid IS NULL OR m.id < $4)
+           -- one index range whether or not a cursor is given (plans are
+           -- generic: an `IS NULL OR` would leave the cursor a filter, so a
+           -- deep page would read every newer row again)
+           AND m.id < COALESCE($4::uuid, 'ffffffff-ffff-ffff-ffff-ffffffffffff')
          ORDER BY m.id DESC
          LIMIT $5"
     );
