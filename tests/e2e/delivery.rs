@@ -448,3 +448,95 @@ async fn messages_and_status_updates_committed_together_each_get_their_own_answe
             .await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_item_in_order_and_accepts_the_valid_ones() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+62123456789").await;
+    let body = json!({"messages": [
+        {"user_id": "u1", "message": "first"},
+        {"user_id": "nobody", "message": "no such user"},
+        {"user_id": "u1", "message": "   "},
+        {"user_id": "u1", "message": "typo", "mesage": "x"},
+        {"user_id": "u1", "message": "keyed", "idempotency_key": "k1"},
+        5,
+        {"message": "who?"},
+        {"user_id": "u1", "message": "last"},
+    ]});
+    let response = app.post("/v1/messages/batch", &body).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 8, "{answer:#}");
+    let status = |i: usize| results[i]["error"]["status"].as_u64();
+    let field = |i: usize| {
+        results[i]["error"]["errors"][0]["field"]
+            .as_str()
+            .map(str::to_owned)
+    };
+    for i in [0, 7] {
+        assert_eq!(results[i]["message_status"], "queued", "{i}: {answer:#}");
+    }
+    assert_eq!(status(1), Some(404));
+    assert_eq!(
+        (status(2), field(2).as_deref()),
+        (Some(422), Some("message"))
+    );
+    assert_eq!(
+        (status(3), field(3).as_deref()),
+        (Some(422), Some("mesage"))
+    );
+    assert_eq!(
+        (status(4), field(4).as_deref()),
+        (Some(422), Some("idempotency_key"))
+    );
+    assert_eq!(status(5), Some(422));
+    assert_eq!(
+        (status(6), field(6).as_deref()),
+        (Some(422), Some("user_id"))
+    );
+    for i in [0, 7] {
+        let id = results[i]["message_id"].as_str().unwrap();
+        let sent = app.message_with_status(id, "sent").await;
+        assert_eq!(sent["user_id"], "u1");
+    }
+    let listed = app.get_json("/v1/users/u1/messages").await;
+    assert_eq!(listed["messages"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_must_have_one_to_a_thousand_items() {
+    let app = TestApp::spawn_with(Options {
+        start_worker: false,
+        ..Options::default()
+    })
+    .await;
+    app.create_user("u1", "+62123456789").await;
+    let item = json!({"user_id": "u1", "message": "m"});
+    for (body, what) in [
+        (json!({"messages": []}), "empty"),
+        (json!({"messages": vec![item.clone(); 1001]}), "too many"),
+        (json!({}), "missing"),
+    ] {
+        let response = app.post("/v1/messages/batch", &body).send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{what}"
+        );
+        let problem: Value = response.json().await.unwrap();
+        assert_eq!(
+            problem["errors"][0]["field"], "messages",
+            "{what}: {problem:#}"
+        );
+    }
+    // A thousand go in (grouped: multi-row statements, one answer each).
+    let body = json!({"messages": vec![item; 1000]});
+    let response = app.post("/v1/messages/batch", &body).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let answer: Value = response.json().await.unwrap();
+    let results = answer["results"].as_array().unwrap();
+    assert_eq!(results.len(), 1000);
+    assert!(results.iter().all(|r| r["message_status"] == "queued"));
+    assert_eq!(app.count_in_state("queued").await, 1000);
+}

@@ -31,6 +31,16 @@ async fn with_postgres_down_the_api_answers_503_and_never_202() {
         .await
         .unwrap();
     assert_eq!(status.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let batch = app
+        .post(
+            "/v1/messages/batch",
+            &json!({"messages": [{"user_id": "u1", "message": "lost too?"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(batch.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(batch.headers()["retry-after"], "1");
     let get = app.get("/v1/users/u1").send().await.unwrap();
     assert_eq!(get.status(), StatusCode::SERVICE_UNAVAILABLE);
     let ready = app.http.get(app.url("/readyz")).send().await.unwrap();

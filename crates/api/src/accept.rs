@@ -65,6 +65,13 @@ impl Accepter {
         Self { group }
     }
 
+    /// Stores many rows (a batch request's), grouped with each other and
+    /// with whatever else is being accepted now: multi-row statements of up
+    /// to the batch size, never one INSERT per row. One answer per row, in order.
+    pub async fn accept_many(&self, jobs: Vec<NewJob>) -> Vec<Answer> {
+        futures_util::future::join_all(jobs.into_iter().map(|job| self.accept(job))).await
+    }
+
     /// Stores one row with whatever else is being accepted now; `Ok` once
     /// it is committed (then it is handed to the dispatcher too).
     pub async fn accept(&self, job: NewJob) -> Answer {

@@ -149,6 +149,21 @@ impl From<StatusUpdate> for StatusUpdateJson {
     }
 }
 
+/// One item's result in `POST /v1/messages/batch`: accepted (the seed's
+/// answer to a send) or why not (a problem, as a lone request would get).
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum BatchResult {
+    Accepted(Accepted),
+    Error { error: serde_json::Value },
+}
+
+/// `POST /v1/messages/batch`: one result per item, in order.
+#[derive(Serialize)]
+pub struct BatchResults {
+    pub results: Vec<BatchResult>,
+}
+
 /// The seed's answer to a status update: `{"status_update_id","status_update"}`.
 #[derive(Serialize)]
 pub struct StatusAccepted {

@@ -315,17 +315,28 @@ impl ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        self.log();
-        let problem = Problem {
+impl ApiError {
+    fn problem(&self) -> Problem<'_> {
+        Problem {
             kind: format!("{TYPE_BASE}{}", self.slug),
             title: self.title,
             status: self.status.as_u16(),
             detail: &self.detail,
             errors: &self.errors,
-        };
-        let body = serde_json::to_vec(&problem).unwrap_or_default();
+        }
+    }
+
+    /// The problem+json body as a value, for an error that is one part of a
+    /// larger answer (an item of a batch).
+    pub fn problem_json(&self) -> serde_json::Value {
+        serde_json::to_value(self.problem()).unwrap_or_default()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let body = serde_json::to_vec(&self.problem()).unwrap_or_default();
         let mut response = (self.status, body).into_response();
         let headers = response.headers_mut();
         headers.insert(

@@ -5,7 +5,9 @@ use axum::{
     extract::State,
     http::{HeaderMap, HeaderValue, StatusCode, header},
 };
-use kurir_core::{JobKind, MessageBody, MessageId, MessageStatus, ValidationErrors};
+use kurir_core::{
+    AccountId, JobKind, MessageBody, MessageId, MessageStatus, UserId, ValidationErrors,
+};
 use kurir_store::{
     messages::{self, NewMessage},
     pipeline, users,
@@ -18,8 +20,8 @@ use crate::{
     accept::NewJob,
     dispatch::detached,
     dto::{
-        Accepted, AttemptList, Limit, MessageJson, MessageList, decode_cursor, encode_cursor,
-        status_filter,
+        Accepted, AttemptList, BatchResult, BatchResults, Limit, MessageJson, MessageList,
+        decode_cursor, encode_cursor, status_filter,
     },
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
@@ -75,6 +77,128 @@ pub async fn send(
         Json(Accepted {
             message_id: id.to_string(),
             message_status: MessageStatus::Queued.as_str(),
+        }),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SendBatch {
+    messages: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchItem {
+    user_id: Option<String>,
+    message: Option<String>,
+    idempotency_key: Option<String>,
+}
+
+/// Most items in one `POST /v1/messages/batch`.
+pub const MAX_BATCH: usize = 1000;
+
+/// One batch item, checked as a lone send would be; its problem if not.
+fn batch_item(account: AccountId, item: serde_json::Value) -> ApiResult<NewMessage> {
+    if !item.is_object() {
+        return Err(ApiError::field("item", "must be a JSON object"));
+    }
+    let item: BatchItem = serde_path_to_error::deserialize(item).map_err(|err| {
+        let field = err.path().to_string();
+        ApiError::unparsable(&field, err.into_inner().to_string())
+    })?;
+    if item.idempotency_key.is_some() {
+        return Err(ApiError::field(
+            "idempotency_key",
+            "is not supported yet; send the item without it",
+        ));
+    }
+    let mut errors = ValidationErrors::default();
+    let user = errors.require("user_id", item.user_id);
+    let user = user.and_then(|raw| errors.check(UserId::parse("user_id", &raw)));
+    let text = errors.require("message", item.message);
+    let text = text.and_then(|raw| errors.check(MessageBody::parse("message", &raw)));
+    let (Some(user), Some(text)) = (user, text) else {
+        return Err(ApiError::validation(errors));
+    };
+    Ok(NewMessage {
+        id: MessageId::generate(),
+        account,
+        user,
+        body: text,
+    })
+}
+
+/// `POST /v1/messages/batch`: up to [`MAX_BATCH`] messages, one result per
+/// item, in order. Valid items are accepted even when others are invalid
+/// or name users that do not exist; all are stored with the group commit
+/// (multi-row statements). 503 only if nothing could be stored because
+/// Postgres is away.
+pub async fn send_batch(
+    State(state): State<AppState>,
+    Account(account): Account,
+    JsonBody(body): JsonBody<SendBatch>,
+) -> ApiResult<(StatusCode, Json<BatchResults>)> {
+    let items = body
+        .messages
+        .ok_or_else(|| ApiError::field("messages", "is required"))?;
+    if items.is_empty() || items.len() > MAX_BATCH {
+        return Err(ApiError::field(
+            "messages",
+            format!("must have 1 to {MAX_BATCH} items, got {}", items.len()),
+        ));
+    }
+    let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
+    let mut jobs = Vec::new();
+    let mut positions = Vec::new();
+    for (position, item) in items.into_iter().enumerate() {
+        match batch_item(account, item) {
+            Ok(message) => {
+                results.push(None);
+                positions.push((position, message.id));
+                jobs.push(NewJob::Message(message));
+            }
+            Err(err) => results.push(Some(BatchResult::Error {
+                error: err.problem_json(),
+            })),
+        }
+    }
+    // On its own task, as a lone send: a client hanging up cannot split a
+    // commit from its hand-over to the dispatcher.
+    let accepter = state.accepter.clone();
+    let answers = detached(
+        &state.tasks,
+        async move { Ok(accepter.accept_many(jobs).await) },
+    )
+    .await?;
+    let mut stored_any = false;
+    let mut unavailable = None;
+    for ((position, id), answer) in positions.into_iter().zip(answers) {
+        results[position] = Some(match answer {
+            Ok(()) => {
+                stored_any = true;
+                BatchResult::Accepted(Accepted {
+                    message_id: id.to_string(),
+                    message_status: MessageStatus::Queued.as_str(),
+                })
+            }
+            Err(err) => {
+                if err.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    unavailable.get_or_insert_with(|| err.clone());
+                }
+                BatchResult::Error {
+                    error: err.problem_json(),
+                }
+            }
+        });
+    }
+    if let (false, Some(err)) = (stored_any, unavailable) {
+        return Err(err);
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(BatchResults {
+            results: results.into_iter().flatten().collect(),
         }),
     ))
 }
