@@ -55,6 +55,10 @@ struct Args {
     /// Requests in flight (closed loop), or senders (open loop) [default: 64]
     #[arg(long)]
     concurrency: Option<usize>,
+    /// Send N messages per request through `POST /v1/messages/batch`
+    /// instead of single POSTs (accept latency is then per request)
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
+    batch: Option<u16>,
     /// Offer a fixed rate of R requests/s instead of a closed loop
     #[arg(long, value_name = "R")]
     open_loop: Option<f64>,
@@ -474,10 +478,13 @@ async fn run_round(
     let groups = Arc::new(Mutex::new(groups));
     let sampling = sampler(groups.clone());
 
-    let mode = match args.open_loop {
+    let mut mode = match args.open_loop {
         Some(r) => format!("open loop at {r}/s with {} senders", settings.concurrency),
         None => format!("concurrency {}", settings.concurrency),
     };
+    if let Some(batch) = args.batch {
+        mode.push_str(&format!(", {batch} per batch request"));
+    }
     eprintln!(
         "kurir-bench: sending {m} messages to {} users, {mode}",
         settings.users
@@ -490,14 +497,14 @@ async fn run_round(
         load_started,
     );
     let sent = tokio::select! {
-        r = load.clone().send(m, settings.users, settings.concurrency, args.open_loop, accepting.counter()) => r,
+        r = load.clone().send(m, settings.users, settings.concurrency, args.open_loop, args.batch.map(usize::from), accepting.counter()) => r,
         e = stack.watch() => Err(e),
     };
     accepting.finish();
     let sent = sent?;
     if sent.rejected > 0 {
         failures.push(format!(
-            "{} requests not accepted; first: {}",
+            "{} messages not accepted; first: {}",
             sent.rejected,
             sent.first_error.clone().unwrap_or_default()
         ));
