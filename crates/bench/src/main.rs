@@ -43,7 +43,7 @@ struct Args {
     #[arg(long)]
     workers: Option<usize>,
     /// `KURIR_WORKER_CONCURRENCY` of each worker: deliveries in flight
-    /// [default: not set, kurir's own default (64)]
+    /// [default: not set, kurir's own default (256)]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
     worker_concurrency: Option<u16>,
     /// Users created before sending [default: 100]

@@ -280,7 +280,10 @@ pub struct RetryArgs {
 #[derive(Debug, Clone, Args)]
 pub struct WorkerArgs {
     /// Deliveries in flight at once in this worker (also the broker prefetch).
-    #[arg(long, env = "KURIR_WORKER_CONCURRENCY", default_value_t = 64,
+    /// They hold no database connection (claims and records are grouped), so
+    /// many are cheap, and more in flight means larger groups: 256 measured
+    /// 385 µs of CPU per message against 532 at 64.
+    #[arg(long, env = "KURIR_WORKER_CONCURRENCY", default_value_t = 256,
           value_parser = clap::value_parser!(u16).range(1..=10_000))]
     pub worker_concurrency: u16,
 
