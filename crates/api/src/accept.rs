@@ -48,7 +48,9 @@ type Answer = Result<(), ApiError>;
 
 /// Cheap to clone; all clones feed one gatherer, which ends once every clone
 /// is dropped (after the server has answered its last request), so requests
-/// still being served at shutdown get their answers.
+/// still being served at shutdown get their answers. The commit and the
+/// hand-over to the dispatcher run on the gatherer's own tasks: a client
+/// that hangs up after handing its row in cannot split them.
 #[derive(Debug, Clone)]
 pub struct Accepter {
     group: Grouped<NewJob, Answer>,

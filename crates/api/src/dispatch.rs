@@ -9,8 +9,6 @@
 //! process dies between the commit and the publish, the relay's guard
 //! publishes the row after `KURIR_REPUBLISH_AFTER`.
 
-use std::future::Future;
-
 use kurir_bus::{Envelope, Publisher};
 use kurir_core::{JobKind, runtime::Tasks};
 use kurir_store::{
@@ -20,8 +18,6 @@ use kurir_store::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
-
-use crate::error::ApiError;
 
 /// Most rows published in one batch.
 const BATCH: usize = 512;
@@ -74,20 +70,6 @@ impl Slots<'_> {
             permit.send(row);
         }
     }
-}
-
-/// Runs an accept (commit the row, then hand it to the dispatcher) on its own
-/// task of the process's `tasks`: a client that hangs up drops its request's
-/// future, and must not split the commit from the hand-over (the row would
-/// then wait out its publish lease for the relay).
-pub async fn detached<T: Send + 'static>(
-    tasks: &Tasks,
-    accept: impl Future<Output = Result<T, ApiError>> + Send + 'static,
-) -> Result<T, ApiError> {
-    tasks.spawn(accept).await.unwrap_or_else(|err| {
-        tracing::error!(error = %err, "an accept task failed");
-        Err(ApiError::internal())
-    })
 }
 
 async fn run(

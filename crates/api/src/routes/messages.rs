@@ -18,7 +18,6 @@ use super::users::user_id;
 use crate::{
     AppState,
     accept::NewJob,
-    dispatch::detached,
     dto::{
         Accepted, AttemptList, BatchResult, BatchResults, Limit, MessageJson, MessageList,
         decode_cursor, encode_cursor, status_filter,
@@ -64,13 +63,8 @@ pub async fn send(
         body: text,
     };
     // Committed with whatever else is being accepted now (one INSERT, one
-    // commit); the accept runs on its own task so that a client hanging up
-    // cannot split the commit from the hand-over to the dispatcher.
-    let accepter = state.accepter.clone();
-    detached(&state.tasks, async move {
-        accepter.accept(NewJob::Message(message)).await
-    })
-    .await?;
+    // commit), then handed to the dispatcher.
+    state.accepter.accept(NewJob::Message(message)).await?;
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/messages/{id}")),
@@ -163,14 +157,7 @@ pub async fn send_batch(
             })),
         }
     }
-    // On its own task, as a lone send: a client hanging up cannot split a
-    // commit from its hand-over to the dispatcher.
-    let accepter = state.accepter.clone();
-    let answers = detached(
-        &state.tasks,
-        async move { Ok(accepter.accept_many(jobs).await) },
-    )
-    .await?;
+    let answers = state.accepter.accept_many(jobs).await;
     let mut stored_any = false;
     let mut unavailable = None;
     for ((position, id), answer) in positions.into_iter().zip(answers) {

@@ -13,7 +13,6 @@ use super::{messages::location, users::user_id};
 use crate::{
     AppState,
     accept::NewJob,
-    dispatch::detached,
     dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
@@ -47,13 +46,8 @@ pub async fn set(
         user,
         status: text,
     };
-    // Committed with whatever else is being accepted now, on its own task
-    // (see `routes::messages::send`).
-    let accepter = state.accepter.clone();
-    detached(&state.tasks, async move {
-        accepter.accept(NewJob::StatusUpdate(update)).await
-    })
-    .await?;
+    // Committed with whatever else is being accepted now.
+    state.accepter.accept(NewJob::StatusUpdate(update)).await?;
     Ok((
         StatusCode::ACCEPTED,
         location(format!("/v1/status-updates/{id}")),
