@@ -14,7 +14,7 @@ pub mod status;
 pub mod validate;
 
 pub use ids::{AccountId, JobKind, MessageId, StatusUpdateId, UserId};
-pub use status::{LastError, MessageStatus, StatusUpdateState};
+pub use status::{JobState, LastError, MessageStatus, StatusUpdateState};
 pub use validate::{
     FieldError, MessageBody, PhoneNumber, ProfileImage, StatusText, UserName, ValidationErrors,
 };
