@@ -15,6 +15,7 @@ pub mod keycache;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod wait;
 
 use std::time::Duration;
 
@@ -68,6 +69,9 @@ pub struct AppState {
     pub timeouts: server::ClientTimeouts,
     /// API keys found valid a moment ago.
     pub keys: keycache::KeyCache,
+    /// Requests holding their answer for `Prefer: wait`, and the one
+    /// listener that wakes them.
+    pub waiters: wait::Waiters,
 }
 
 impl std::fmt::Debug for AppState {
@@ -77,8 +81,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the pool and starts the publisher and dispatcher (they connect
-    /// in the background, so this works while dependencies are down).
+    /// Builds the pool and starts the publisher, the dispatcher and the
+    /// waiters' listener (they connect in the background, so this works
+    /// while dependencies are down).
     pub fn new(
         config: &Config,
         shutdown: &CancellationToken,
@@ -98,6 +103,7 @@ impl AppState {
         ));
         let dispatcher = Dispatcher::start(db.clone(), publisher.clone(), &tasks, shutdown.clone());
         let accepter = accept::Accepter::start(db.clone(), dispatcher, &tasks);
+        let waiters = wait::Waiters::start(db.clone(), &config.database, &tasks, shutdown.clone())?;
         Ok(Self {
             db,
             publisher,
@@ -106,6 +112,7 @@ impl AppState {
             max_body_bytes: config.api.max_body_bytes,
             timeouts: server::ClientTimeouts::from(&config.api),
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
+            waiters,
         })
     }
 

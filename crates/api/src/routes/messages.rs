@@ -24,6 +24,7 @@ use crate::{
     },
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
+    wait::PreferWait,
 };
 
 #[derive(Debug, Deserialize)]
@@ -41,11 +42,13 @@ pub(crate) fn location(path: String) -> HeaderMap {
 }
 
 /// `POST /v1/users/{id}/messages`: 202 once the message is stored; the
-/// worker delivers it.
+/// worker delivers it. With `Prefer: wait=N`, 200 once it is `sent` or
+/// `failed` within N seconds (see [`crate::wait`]).
 pub async fn send(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
+    PreferWait(wait): PreferWait,
     JsonBody(body): JsonBody<SendMessage>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<Accepted>)> {
     let user = user_id(&user)?;
@@ -62,15 +65,18 @@ pub async fn send(
         user,
         body: text,
     };
+    // Before the commit, so that a delivery faster than our answer is not missed.
+    let hold = state.waiters.hold(wait, JobKind::Message, id.0);
     // Committed with whatever else is being accepted now (one INSERT, one
     // commit), then handed to the dispatcher.
     state.accepter.accept(NewJob::Message(message)).await?;
+    let answer = hold.answer().await;
     Ok((
-        StatusCode::ACCEPTED,
-        location(format!("/v1/messages/{id}")),
+        answer.status(),
+        answer.headers(location(format!("/v1/messages/{id}"))),
         Json(Accepted {
             message_id: id.to_string(),
-            message_status: MessageStatus::Queued.as_str(),
+            message_status: answer.state.public(),
         }),
     ))
 }

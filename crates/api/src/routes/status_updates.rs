@@ -5,7 +5,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
 };
-use kurir_core::{JobKind, StatusText, StatusUpdateId, StatusUpdateState, ValidationErrors};
+use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
 use kurir_store::status_updates::{self, NewStatusUpdate};
 use serde::Deserialize;
 
@@ -16,6 +16,7 @@ use crate::{
     dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
+    wait::PreferWait,
 };
 
 #[derive(Debug, Deserialize)]
@@ -25,11 +26,13 @@ pub struct SetStatus {
 }
 
 /// `POST /v1/users/{id}/status`: 202 once stored; when the worker succeeds,
-/// the user's `status` becomes the new text.
+/// the user's `status` becomes the new text. With `Prefer: wait=N`, 200
+/// once it is `success` or `failed` within N seconds (see [`crate::wait`]).
 pub async fn set(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
+    PreferWait(wait): PreferWait,
     JsonBody(body): JsonBody<SetStatus>,
 ) -> ApiResult<(StatusCode, HeaderMap, Json<StatusAccepted>)> {
     let user = user_id(&user)?;
@@ -46,14 +49,17 @@ pub async fn set(
         user,
         status: text,
     };
+    // Before the commit, so that a delivery faster than our answer is not missed.
+    let hold = state.waiters.hold(wait, JobKind::StatusUpdate, id.0);
     // Committed with whatever else is being accepted now.
     state.accepter.accept(NewJob::StatusUpdate(update)).await?;
+    let answer = hold.answer().await;
     Ok((
-        StatusCode::ACCEPTED,
-        location(format!("/v1/status-updates/{id}")),
+        answer.status(),
+        answer.headers(location(format!("/v1/status-updates/{id}"))),
         Json(StatusAccepted {
             status_update_id: id.to_string(),
-            status_update: StatusUpdateState::Queued.public(),
+            status_update: answer.state.public(),
         }),
     ))
 }
