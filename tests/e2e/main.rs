@@ -19,3 +19,4 @@ mod slow_clients;
 mod support;
 mod users;
 mod validation;
+mod wait;
