@@ -11,6 +11,8 @@ pub struct Load {
     pub http: reqwest::Client,
     pub api: String,
     pub key: String,
+    /// `Prefer: wait` seconds on every single POST.
+    pub prefer_wait: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -36,15 +38,17 @@ pub fn user_id(i: usize) -> String {
 }
 
 impl Load {
-    pub fn new(api: &str, key: &str, concurrency: usize) -> Result<Self> {
+    pub fn new(api: &str, key: &str, concurrency: usize, prefer_wait: Option<u64>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
-            .timeout(Duration::from_secs(30))
+            // A waiting request may take its whole wait.
+            .timeout(Duration::from_secs(30 + prefer_wait.unwrap_or(0)))
             .build()?;
         Ok(Self {
             http,
             api: api.to_owned(),
             key: key.to_owned(),
+            prefer_wait,
         })
     }
 
@@ -153,15 +157,17 @@ impl Load {
     /// Message `i` as one POST; (accepted, why not).
     async fn post_one(&self, i: usize, users: usize) -> (u64, Option<String>) {
         let user = user_id(i % users);
-        let resp = self
+        let mut request = self
             .http
             .post(format!("{}/v1/users/{user}/messages", self.api))
             .bearer_auth(&self.key)
-            .json(&json!({"message": format!("bench message {i}")}))
-            .send()
-            .await;
-        match resp {
-            Ok(r) if r.status().as_u16() == 202 => {
+            .json(&json!({"message": format!("bench message {i}")}));
+        if let Some(wait) = self.prefer_wait {
+            request = request.header("Prefer", format!("wait={wait}"));
+        }
+        match request.send().await {
+            // 200: it waited and the message is sent (or failed) already.
+            Ok(r) if matches!(r.status().as_u16(), 200 | 202) => {
                 // Read the body so the connection is reused.
                 let _ = r.bytes().await;
                 (1, None)

@@ -175,6 +175,8 @@ pub struct Report {
     pub users: usize,
     pub concurrency: usize,
     pub open_loop_rate: Option<f64>,
+    /// `Prefer: wait` seconds each single POST carried; `null`: none.
+    pub prefer_wait: Option<u64>,
     pub provider_latency_ms: u64,
     pub cores: usize,
     /// The median round's runs (see `summary.median_round`).
@@ -192,6 +194,7 @@ pub struct Header {
     pub users: usize,
     pub concurrency: usize,
     pub open_loop_rate: Option<f64>,
+    pub prefer_wait: Option<u64>,
     pub provider_latency_ms: u64,
     pub cores: usize,
 }
@@ -226,6 +229,7 @@ impl Report {
             users: header.users,
             concurrency: header.concurrency,
             open_loop_rate: header.open_loop_rate,
+            prefer_wait: header.prefer_wait,
             provider_latency_ms: header.provider_latency_ms,
             cores: header.cores,
             runs: shown.map(|r| r.runs.clone()).unwrap_or_default(),
