@@ -6,6 +6,7 @@
 mod auth;
 mod delivery;
 mod faults;
+mod idempotency;
 mod isolation;
 mod nodes;
 mod operations;

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod keycache;
 pub mod ops;
 pub mod routes;

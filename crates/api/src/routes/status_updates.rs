@@ -1,21 +1,21 @@
 //! Status updates: set a user's status (the seed endpoint), poll one.
 
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, StatusCode},
-};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use kurir_core::{JobKind, StatusText, StatusUpdateId, StatusUpdateState, ValidationErrors};
-use kurir_store::status_updates::{self, NewStatusUpdate};
+use kurir_store::{
+    idempotency::Scope,
+    status_updates::{self, NewStatusUpdate},
+};
 use serde::Deserialize;
 
-use super::{messages::location, users::user_id};
+use super::users::user_id;
 use crate::{
     AppState,
-    accept::NewJob,
+    accept::{Accept, NewJob, Stored},
     dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
+    idempotency::{IdempotencyKey, claim, fingerprint, kept_json, respond},
 };
 
 #[derive(Debug, Deserialize)]
@@ -25,13 +25,15 @@ pub struct SetStatus {
 }
 
 /// `POST /v1/users/{id}/status`: 202 once stored; when the worker succeeds,
-/// the user's `status` becomes the new text.
+/// the user's `status` becomes the new text. With an `Idempotency-Key`, a
+/// repeat of the same request gets the first response and stores nothing.
 pub async fn set(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody<SetStatus>,
-) -> ApiResult<(StatusCode, HeaderMap, Json<StatusAccepted>)> {
+) -> ApiResult<Response> {
     let user = user_id(&user)?;
     let mut errors = ValidationErrors::default();
     let text = errors.require("status", body.status);
@@ -40,6 +42,22 @@ pub async fn set(
         return Err(ApiError::validation(errors));
     };
     let id = StatusUpdateId::generate();
+    let response = kept_json(
+        StatusCode::ACCEPTED,
+        Some(format!("/v1/status-updates/{id}")),
+        &StatusAccepted {
+            status_update_id: id.to_string(),
+            status_update: StatusUpdateState::Queued.public(),
+        },
+    );
+    let key = key.map(|key| {
+        let print = fingerprint([
+            &b"POST /v1/users/{id}/status"[..],
+            user.as_str().as_bytes(),
+            text.as_str().as_bytes(),
+        ]);
+        claim(account, Scope::Request, key, print, response.clone())
+    });
     let update = NewStatusUpdate {
         id,
         account,
@@ -47,15 +65,17 @@ pub async fn set(
         status: text,
     };
     // Committed with whatever else is being accepted now.
-    state.accepter.accept(NewJob::StatusUpdate(update)).await?;
-    Ok((
-        StatusCode::ACCEPTED,
-        location(format!("/v1/status-updates/{id}")),
-        Json(StatusAccepted {
-            status_update_id: id.to_string(),
-            status_update: StatusUpdateState::Queued.public(),
-        }),
-    ))
+    let stored = state
+        .accepter
+        .accept(Accept {
+            job: NewJob::StatusUpdate(update),
+            key,
+        })
+        .await?;
+    Ok(match stored {
+        Stored::New => respond(response, false),
+        Stored::Replay(first) => respond(first, true),
+    })
 }
 
 fn status_update_id(raw: &str) -> ApiResult<StatusUpdateId> {
