@@ -6,6 +6,13 @@
 //! publishes what). While one batch commits, the next one gathers. A row
 //! whose user does not exist fails that request alone (404); a database that
 //! is away fails the whole batch (503), never half of it.
+//!
+//! Rows sent with an idempotency key are stored in one transaction with
+//! their keys' claims (`kurir_store::idempotency`): a row whose key is
+//! already held is not stored, and its request gets the first response; two
+//! rows of one batch with the same key are one row, the second a repeat of
+//! the first. A batch without keys needs no transaction (one statement per
+//! kind, as before).
 
 use std::collections::HashMap;
 
