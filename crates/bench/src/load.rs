@@ -11,6 +11,7 @@ pub struct Load {
     pub http: reqwest::Client,
     pub api: String,
     pub key: String,
+    pub idempotency_keys: bool,
 }
 
 #[derive(Debug, Default)]
@@ -45,7 +46,28 @@ impl Load {
             http,
             api: api.to_owned(),
             key: key.to_owned(),
+            idempotency_keys: false,
         })
+    }
+
+    /// Every request carries an `Idempotency-Key` (a batch request one for
+    /// the whole batch), as a careful sender's would.
+    pub fn with_idempotency_keys(mut self, on: bool) -> Self {
+        self.idempotency_keys = on;
+        self
+    }
+
+    /// `request` with the idempotency key `key`, if keys are on.
+    fn keyed(
+        &self,
+        request: reqwest::RequestBuilder,
+        key: impl FnOnce() -> String,
+    ) -> reqwest::RequestBuilder {
+        if self.idempotency_keys {
+            request.header("Idempotency-Key", key())
+        } else {
+            request
+        }
     }
 
     pub async fn create_users(&self, users: usize) -> Result<()> {
@@ -153,13 +175,12 @@ impl Load {
     /// Message `i` as one POST; (accepted, why not).
     async fn post_one(&self, i: usize, users: usize) -> (u64, Option<String>) {
         let user = user_id(i % users);
-        let resp = self
+        let request = self
             .http
             .post(format!("{}/v1/users/{user}/messages", self.api))
             .bearer_auth(&self.key)
-            .json(&json!({"message": format!("bench message {i}")}))
-            .send()
-            .await;
+            .json(&json!({"message": format!("bench message {i}")}));
+        let resp = self.keyed(request, || format!("bench-{i}")).send().await;
         match resp {
             Ok(r) if r.status().as_u16() == 202 => {
                 // Read the body so the connection is reused.
@@ -185,11 +206,13 @@ impl Load {
                 |i| json!({"user_id": user_id(i % users), "message": format!("bench message {i}")}),
             )
             .collect();
-        let resp = self
+        let request = self
             .http
             .post(format!("{}/v1/messages/batch", self.api))
             .bearer_auth(&self.key)
-            .json(&json!({ "messages": messages }))
+            .json(&json!({ "messages": messages }));
+        let resp = self
+            .keyed(request, || format!("bench-batch-{first}"))
             .send()
             .await;
         let r = match resp {

@@ -59,6 +59,9 @@ struct Args {
     /// instead of single POSTs (accept latency is then per request)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     batch: Option<u16>,
+    /// Send an `Idempotency-Key` with every request (one per batch request)
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Offer a fixed rate of R requests/s instead of a closed loop
     #[arg(long, value_name = "R")]
     open_loop: Option<f64>,
@@ -460,11 +463,10 @@ async fn run_round(
         .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);
 
-    let load = Arc::new(load::Load::new(
-        &stack.api_url,
-        &stack.key,
-        settings.concurrency,
-    )?);
+    let load = Arc::new(
+        load::Load::new(&stack.api_url, &stack.key, settings.concurrency)?
+            .with_idempotency_keys(args.idempotency_keys),
+    );
     eprintln!("kurir-bench: creating {} users", settings.users);
     load.create_users(settings.users).await?;
 
@@ -484,6 +486,9 @@ async fn run_round(
     };
     if let Some(batch) = args.batch {
         mode.push_str(&format!(", {batch} per batch request"));
+    }
+    if args.idempotency_keys {
+        mode.push_str(", an Idempotency-Key on every request");
     }
     eprintln!(
         "kurir-bench: sending {m} messages to {} users, {mode}",
