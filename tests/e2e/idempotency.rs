@@ -93,6 +93,41 @@ async fn concurrent_requests_with_one_key_create_one_message() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_to_two_api_processes_create_one_message() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+6281200000001").await;
+    let second = app.another_api().await;
+    let send = |base: String| {
+        app.http
+            .post(format!("{base}/v1/users/u1/messages"))
+            .bearer_auth(&app.key)
+            .header("Idempotency-Key", "two-processes")
+            .json(&json!({"message": "once"}))
+            .send()
+    };
+    // Each process commits its own group; the second claim waits on the
+    // first's transaction and then finds the key taken.
+    let sends = (0..8).map(|n| {
+        send(if n % 2 == 0 {
+            app.address.clone()
+        } else {
+            second.clone()
+        })
+    });
+    let mut bodies = Vec::new();
+    for response in futures_util::future::join_all(sends).await {
+        let (status, _, body, _) = exact(response.unwrap()).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        bodies.push(body);
+    }
+    assert!(
+        bodies.windows(2).all(|w| w[0] == w[1]),
+        "one answer for all"
+    );
+    assert_eq!(count(&app, "SELECT count(*) FROM messages").await, 1);
+}
+
 #[tokio::test]
 async fn the_same_key_with_another_body_is_refused() {
     let app = TestApp::spawn().await;

@@ -245,6 +245,8 @@ pub struct TestApp {
     shutdown: CancellationToken,
     /// The running worker and the token that stops it alone.
     worker: Option<(kurir_worker::Worker, CancellationToken)>,
+    /// How the API was started, to start another like it.
+    api_config: kurir_api::Config,
 }
 
 impl TestApp {
@@ -311,6 +313,7 @@ impl TestApp {
             api: options.api.clone(),
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
+        let second_api = api_config.clone();
         // Tests start from a connected API, so what they see does not depend
         // on how fast the first connection is (the relay covers it anyway).
         if options.api_amqp_url.is_none() && !options.proxy_broker {
@@ -346,6 +349,7 @@ impl TestApp {
             prefix,
             shutdown,
             worker: None,
+            api_config: second_api,
         };
         app.key = app.key_for("test-a").await;
         if options.start_worker {
@@ -382,6 +386,19 @@ impl TestApp {
             provider,
             retry,
         }
+    }
+
+    /// Starts a second API process over the same database and broker (as
+    /// `kurir api` run twice would be); its base URL. It stops with the app.
+    pub async fn another_api(&self) -> String {
+        let state =
+            kurir_api::AppState::new(&self.api_config, &self.shutdown).expect("second api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(kurir_api::serve(state, listener, self.shutdown.clone()));
+        address
     }
 
     pub fn start_worker(&mut self) {
