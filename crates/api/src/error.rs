@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::{
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use kurir_core::{FieldError, ValidationErrors};
@@ -32,6 +32,8 @@ pub struct ApiError {
     detail: String,
     errors: Vec<FieldError>,
     retry_after: Option<u64>,
+    /// More headers for the answer (a rate limit's); boxed like `cause`.
+    headers: Option<Box<HeaderMap>>,
     /// What went wrong inside, for the log (never for the client). Boxed:
     /// every handler returns this type, so it is kept small.
     cause: Option<Box<str>>,
@@ -62,6 +64,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            headers: None,
             cause: None,
         }
     }
@@ -220,6 +223,21 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After`: over a rate limit; nothing was accepted.
+    /// `headers` describe the limit (`RateLimit-Policy`, `RateLimit`).
+    pub fn rate_limited(detail: impl Into<String>, retry_after: u64, headers: HeaderMap) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            headers: Some(Box::new(headers)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                detail,
+            )
+        }
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -345,6 +363,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(more) = self.headers {
+            headers.extend(*more);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

@@ -62,12 +62,17 @@ pub async fn send(
         user,
         body: text,
     };
+    let intake = state.intake.take(account, 1).await?;
     // Committed with whatever else is being accepted now (one INSERT, one
     // commit), then handed to the dispatcher.
-    state.accepter.accept(NewJob::Message(message)).await?;
+    let stored = state.accepter.accept(NewJob::Message(message)).await;
+    let limit_headers = intake.keep(usize::from(stored.is_ok()));
+    stored?;
+    let mut headers = location(format!("/v1/messages/{id}"));
+    headers.extend(limit_headers);
     Ok((
         StatusCode::ACCEPTED,
-        location(format!("/v1/messages/{id}")),
+        headers,
         Json(Accepted {
             message_id: id.to_string(),
             message_status: MessageStatus::Queued.as_str(),
@@ -127,12 +132,13 @@ fn batch_item(account: AccountId, item: serde_json::Value) -> ApiResult<NewMessa
 /// item, in order. Valid items are accepted even when others are invalid
 /// or name users that do not exist; all are stored with the group commit
 /// (multi-row statements). 503 only if nothing could be stored because
-/// Postgres is away.
+/// Postgres is away. The intake limit counts the valid items: they all fit
+/// or the whole batch is 429 (see [`crate::limit`]).
 pub async fn send_batch(
     State(state): State<AppState>,
     Account(account): Account,
     JsonBody(body): JsonBody<SendBatch>,
-) -> ApiResult<(StatusCode, Json<BatchResults>)> {
+) -> ApiResult<(StatusCode, HeaderMap, Json<BatchResults>)> {
     let items = body
         .messages
         .ok_or_else(|| ApiError::field("messages", "is required"))?;
@@ -157,7 +163,9 @@ pub async fn send_batch(
             })),
         }
     }
+    let intake = state.intake.take(account, jobs.len()).await?;
     let answers = state.accepter.accept_many(jobs).await;
+    let limit_headers = intake.keep(answers.iter().filter(|a| a.is_ok()).count());
     let mut stored_any = false;
     let mut unavailable = None;
     for ((position, id), answer) in positions.into_iter().zip(answers) {
@@ -184,6 +192,7 @@ pub async fn send_batch(
     }
     Ok((
         StatusCode::ACCEPTED,
+        limit_headers,
         Json(BatchResults {
             results: results.into_iter().flatten().collect(),
         }),
