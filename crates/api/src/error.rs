@@ -31,7 +31,8 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     errors: Vec<FieldError>,
-    retry_after: Option<u64>,
+    /// Seconds (u32: keeps the type small, and is over a century).
+    retry_after: Option<u32>,
     /// More headers for the answer (a rate limit's); boxed like `cause`.
     headers: Option<Box<HeaderMap>>,
     /// What went wrong inside, for the log (never for the client). Boxed:
@@ -226,6 +227,7 @@ impl ApiError {
     /// 429 with `Retry-After`: over a rate limit; nothing was accepted.
     /// `headers` describe the limit (`RateLimit-Policy`, `RateLimit`).
     pub fn rate_limited(detail: impl Into<String>, retry_after: u64, headers: HeaderMap) -> Self {
+        let retry_after = u32::try_from(retry_after).unwrap_or(u32::MAX);
         Self {
             retry_after: Some(retry_after),
             headers: Some(Box::new(headers)),

@@ -199,7 +199,8 @@ impl Known {
     /// What the shared bucket holds at `now` at most: it refilled since
     /// (other processes may have taken some).
     fn shared(&self, now: Instant) -> f64 {
-        let refill = f64::from(self.limit.rate) * now.saturating_duration_since(self.at).as_secs_f64();
+        let refill =
+            f64::from(self.limit.rate) * now.saturating_duration_since(self.at).as_secs_f64();
         (self.left + refill).min(f64::from(self.limit.burst))
     }
 }
@@ -286,7 +287,7 @@ impl Decision {
                 Err(ApiError::rate_limited(
                     format!(
                         "this account may have {} messages accepted a second, {} at once (its intake limit); \
-                         this request needs {need} and only {} are left: retry after {wait} s",
+                         this request needs {need} and {} are left: retry after {wait} s",
                         limit.rate,
                         limit.burst,
                         available.floor() as u64,
@@ -321,11 +322,7 @@ fn retry_after(need: u64, available: f64, limit: IntakeLimit) -> u64 {
 /// (draft-ietf-httpapi-ratelimit-headers-11).
 fn policy(limit: IntakeLimit) -> HeaderMap {
     let mut headers = HeaderMap::new();
-    let value = format!(
-        "\"{POLICY}\";q={};w={}",
-        limit.burst,
-        limit.window_secs()
-    );
+    let value = format!("\"{POLICY}\";q={};w={}", limit.burst, limit.window_secs());
     if let Ok(value) = HeaderValue::from_str(&value) {
         headers.insert(RATELIMIT_POLICY.clone(), value);
     }
