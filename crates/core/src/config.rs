@@ -216,13 +216,13 @@ pub struct IntakeArgs {
     /// Messages a second an account may have accepted, sustained: the token
     /// bucket's rate. `0`: no limit, except for accounts given one of their own.
     #[arg(long, env = "KURIR_INTAKE_RATE", default_value_t = 1000,
-          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::intake::MAX_RATE)))]
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::intake::MAX_RATE)), global = true)]
     pub intake_rate: u32,
 
     /// Messages an account may have accepted at once: the bucket's size. A
     /// batch counts its items, so this is also the largest batch it can send.
     #[arg(long, env = "KURIR_INTAKE_BURST", default_value_t = 10_000,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::intake::MAX_BURST)))]
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::intake::MAX_BURST)), global = true)]
     pub intake_burst: u32,
 }
 

@@ -53,7 +53,10 @@ mod tests {
         assert_eq!(limit(1000, 10_000).window_secs(), 10);
         assert_eq!(limit(3, 10).window_secs(), 4);
         assert_eq!(limit(1000, 10).window_secs(), 1);
-        assert_eq!(limit(1000, 10_000).to_string(), "1000 messages/s, burst 10000");
+        assert_eq!(
+            limit(1000, 10_000).to_string(),
+            "1000 messages/s, burst 10000"
+        );
         assert_eq!(limit(0, 10).to_string(), "no limit");
     }
 }
