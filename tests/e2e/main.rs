@@ -7,6 +7,7 @@ mod auth;
 mod delivery;
 mod faults;
 mod isolation;
+mod limits;
 mod nodes;
 mod operations;
 mod pipeline;

@@ -238,6 +238,8 @@ pub struct TestApp {
     pub worker_postgres: Option<Proxy>,
     pub broker: Option<Proxy>,
     options: Options,
+    /// The API's settings, for another API process on the same database.
+    api_config: kurir_api::Config,
     /// The Postgres server (base URL) and database this app uses.
     server: String,
     database: String,
@@ -341,6 +343,7 @@ impl TestApp {
             worker_postgres,
             broker,
             options: options.clone(),
+            api_config,
             server,
             database,
             prefix,
@@ -382,6 +385,19 @@ impl TestApp {
             provider,
             retry,
         }
+    }
+
+    /// Another API process (its own state: pool, publisher, leases) on
+    /// this app's database and queues, with the same settings, served until
+    /// the app is dropped; its base URL.
+    pub async fn another_api(&self) -> String {
+        let state = kurir_api::AppState::new(&self.api_config, &self.shutdown).expect("api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(kurir_api::serve(state, listener, self.shutdown.clone()));
+        address
     }
 
     pub fn start_worker(&mut self) {
