@@ -8,6 +8,7 @@ mod delivery;
 mod faults;
 mod idempotency;
 mod isolation;
+mod limits;
 mod nodes;
 mod operations;
 mod pipeline;

@@ -238,6 +238,8 @@ pub struct TestApp {
     pub worker_postgres: Option<Proxy>,
     pub broker: Option<Proxy>,
     options: Options,
+    /// The API's settings, for another API process on the same database.
+    api_config: kurir_api::Config,
     /// The Postgres server (base URL) and database this app uses.
     server: String,
     database: String,
@@ -245,8 +247,6 @@ pub struct TestApp {
     shutdown: CancellationToken,
     /// The running worker and the token that stops it alone.
     worker: Option<(kurir_worker::Worker, CancellationToken)>,
-    /// How the API was started, to start another like it.
-    api_config: kurir_api::Config,
 }
 
 impl TestApp {
@@ -313,7 +313,6 @@ impl TestApp {
             api: options.api.clone(),
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
-        let second_api = api_config.clone();
         // Tests start from a connected API, so what they see does not depend
         // on how fast the first connection is (the relay covers it anyway).
         if options.api_amqp_url.is_none() && !options.proxy_broker {
@@ -344,12 +343,12 @@ impl TestApp {
             worker_postgres,
             broker,
             options: options.clone(),
+            api_config,
             server,
             database,
             prefix,
             shutdown,
             worker: None,
-            api_config: second_api,
         };
         app.key = app.key_for("test-a").await;
         if options.start_worker {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod extract;
 pub mod idempotency;
 pub mod keycache;
+pub mod limit;
 pub mod ops;
 pub mod routes;
 pub mod server;
@@ -69,6 +70,8 @@ pub struct AppState {
     pub timeouts: server::ClientTimeouts,
     /// API keys found valid a moment ago.
     pub keys: keycache::KeyCache,
+    /// The per-account intake limit: this process's leases of each bucket.
+    pub intake: limit::Intake,
 }
 
 impl std::fmt::Debug for AppState {
@@ -100,13 +103,14 @@ impl AppState {
         let dispatcher = Dispatcher::start(db.clone(), publisher.clone(), &tasks, shutdown.clone());
         let accepter = accept::Accepter::start(db.clone(), dispatcher, &tasks);
         Ok(Self {
-            db,
+            db: db.clone(),
             publisher,
             accepter,
             tasks,
             max_body_bytes: config.api.max_body_bytes,
             timeouts: server::ClientTimeouts::from(&config.api),
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
+            intake: limit::Intake::new(db, config.api.intake.limit()),
         })
     }
 

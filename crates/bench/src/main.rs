@@ -68,6 +68,14 @@ struct Args {
     /// The sandbox's answer delay
     #[arg(long, default_value_t = 0)]
     provider_latency_ms: u64,
+    /// The api's `KURIR_INTAKE_RATE` (per-account intake limit, messages/s).
+    /// 0, the default here, switches it off: the bench measures throughput;
+    /// set one above the offered load to measure what the limiter costs
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    intake_rate: u32,
+    /// The api's `KURIR_INTAKE_BURST` [default: kurir's own (10000)]
+    #[arg(long, value_name = "B")]
+    intake_burst: Option<u32>,
     /// Also run the bare pipeline (after kurir) and report kurir's ratio to it
     #[arg(long)]
     reference: bool,
@@ -195,6 +203,8 @@ async fn real_main(args: Args) -> std::process::ExitCode {
         concurrency: settings.concurrency,
         open_loop_rate: args.open_loop,
         provider_latency_ms: args.provider_latency_ms,
+        intake_rate: args.intake_rate,
+        intake_burst: args.intake_burst,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
     };
     eprintln!("kurir-bench: {}", header_line(&args, &settings));
@@ -288,7 +298,7 @@ async fn real_main(args: Args) -> std::process::ExitCode {
 /// The run's settings, once at the start.
 fn header_line(args: &Args, settings: &Settings) -> String {
     format!(
-        "{} messages, {} users, {}, {} worker(s), worker concurrency {}, provider latency {} ms, rounds {}{}",
+        "{} messages, {} users, {}, {} worker(s), worker concurrency {}, provider latency {} ms, intake limit {}, rounds {}{}",
         settings.messages,
         settings.users,
         match args.open_loop {
@@ -300,6 +310,11 @@ fn header_line(args: &Args, settings: &Settings) -> String {
             .worker_concurrency
             .map_or_else(|| "kurir's default".to_owned(), |c| c.to_string()),
         args.provider_latency_ms,
+        match (args.intake_rate, args.intake_burst) {
+            (0, _) => "off".to_owned(),
+            (rate, Some(burst)) => format!("{rate}/s, burst {burst}"),
+            (rate, None) => format!("{rate}/s, kurir's default burst"),
+        },
         settings.rounds,
         if settings.reference {
             " (kurir, then the reference)"
@@ -454,11 +469,16 @@ async fn run_round(
         settings.bin_dir.display(),
         settings.workers
     );
+    let mut api_env = vec![("KURIR_INTAKE_RATE", args.intake_rate.to_string())];
+    if let Some(burst) = args.intake_burst {
+        api_env.push(("KURIR_INTAKE_BURST", burst.to_string()));
+    }
     stack
         .start(
             settings.workers,
             args.provider_latency_ms,
             settings.worker_concurrency,
+            &api_env,
         )
         .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);

@@ -13,6 +13,7 @@ use tokio_postgres::{NoTls, error::SqlState};
 
 pub mod idempotency;
 pub mod keys;
+pub mod limits;
 pub mod listen;
 pub mod messages;
 pub mod migrate;

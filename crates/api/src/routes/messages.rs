@@ -73,6 +73,7 @@ pub async fn send(
         user,
         body: text,
     };
+    let intake = state.intake.take(account, 1).await?;
     // Committed with whatever else is being accepted now (one INSERT, one
     // commit), then handed to the dispatcher.
     let stored = state
@@ -81,11 +82,15 @@ pub async fn send(
             job: NewJob::Message(message),
             key,
         })
-        .await?;
-    Ok(match stored {
+        .await;
+    // Tokens pay for new rows only: a replay stores nothing.
+    let limit_headers = intake.keep(usize::from(matches!(stored, Ok(Stored::New))));
+    let mut response = match stored? {
         Stored::New => respond(response, false),
         Stored::Replay(first) => respond(first, true),
-    })
+    };
+    response.headers_mut().extend(limit_headers);
+    Ok(response)
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,7 +179,9 @@ fn batch_item(
 /// item, in order. Valid items are accepted even when others are invalid
 /// or name users that do not exist; all are stored with the group commit
 /// (multi-row statements). 503 only if nothing could be stored because
-/// Postgres is away.
+/// Postgres is away. The intake limit counts the valid items: they all fit
+/// or the whole batch is 429 (see [`crate::limit`]); items that store
+/// nothing (replays, unknown users) give their tokens back.
 ///
 /// Keys: an item's `idempotency_key` makes that item idempotent on its
 /// own (a repeat gets the item's first result); an `Idempotency-Key` header
@@ -235,7 +242,14 @@ pub async fn send_batch(
             })),
         }
     }
+    let intake = state.intake.take(account, accepts.len()).await?;
     let answers = state.accepter.accept_many(accepts).await;
+    let limit_headers = intake.keep(
+        answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Stored::New)))
+            .count(),
+    );
     let mut stored_any = false;
     let mut unavailable = None;
     for ((position, id), answer) in positions.into_iter().zip(answers) {
@@ -293,7 +307,9 @@ pub async fn send_batch(
             tracing::warn!(error = %err, "could not keep a batch's response under its key");
         }
     }
-    Ok(respond(response, false))
+    let mut response = respond(response, false);
+    response.headers_mut().extend(limit_headers);
+    Ok(response)
 }
 
 pub fn message_id(raw: &str) -> ApiResult<MessageId> {
