@@ -384,3 +384,28 @@ async fn expired_keys_are_claimed_anew_and_cleaned_up() {
         1
     );
 }
+
+#[tokio::test]
+async fn a_key_keeps_the_answer_a_waiting_request_got() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+6281200000001").await;
+    let send = || {
+        app.post("/v1/users/u1/messages", &json!({"message": "Halo!"}))
+            .header("Idempotency-Key", "waited")
+            .header("Prefer", "wait=10")
+            .send()
+    };
+    let first = exact(send().await.unwrap()).await;
+    assert_eq!(
+        first.0,
+        StatusCode::OK,
+        "{}",
+        String::from_utf8_lossy(&first.2)
+    );
+    let body: Value = serde_json::from_slice(&first.2).unwrap();
+    assert_eq!(body["message_status"], "sent");
+    let again = exact(send().await.unwrap()).await;
+    assert_eq!((again.0, &again.1, &again.2), (first.0, &first.1, &first.2));
+    assert!(again.3);
+    assert_eq!(count(&app, "SELECT count(*) FROM messages").await, 1);
+}

@@ -21,3 +21,4 @@ mod slow_clients;
 mod support;
 mod users;
 mod validation;
+mod wait;

@@ -17,6 +17,7 @@ pub mod limit;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod wait;
 
 use std::time::Duration;
 
@@ -72,6 +73,9 @@ pub struct AppState {
     pub keys: keycache::KeyCache,
     /// The per-account intake limit: this process's leases of each bucket.
     pub intake: limit::Intake,
+    /// Requests holding their answer for `Prefer: wait`, and the one
+    /// listener that wakes them.
+    pub waiters: wait::Waiters,
 }
 
 impl std::fmt::Debug for AppState {
@@ -81,8 +85,9 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    /// Builds the pool and starts the publisher and dispatcher (they connect
-    /// in the background, so this works while dependencies are down).
+    /// Builds the pool and starts the publisher, the dispatcher and the
+    /// waiters' listener (they connect in the background, so this works
+    /// while dependencies are down).
     pub fn new(
         config: &Config,
         shutdown: &CancellationToken,
@@ -102,6 +107,7 @@ impl AppState {
         ));
         let dispatcher = Dispatcher::start(db.clone(), publisher.clone(), &tasks, shutdown.clone());
         let accepter = accept::Accepter::start(db.clone(), dispatcher, &tasks);
+        let waiters = wait::Waiters::start(db.clone(), &config.database, &tasks, shutdown.clone())?;
         Ok(Self {
             db: db.clone(),
             publisher,
@@ -111,6 +117,7 @@ impl AppState {
             timeouts: server::ClientTimeouts::from(&config.api),
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
             intake: limit::Intake::new(db, config.api.intake.limit()),
+            waiters,
         })
     }
 

@@ -12,6 +12,8 @@ pub struct Load {
     pub api: String,
     pub key: String,
     pub idempotency_keys: bool,
+    /// `Prefer: wait` seconds on every single POST.
+    pub prefer_wait: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -37,16 +39,18 @@ pub fn user_id(i: usize) -> String {
 }
 
 impl Load {
-    pub fn new(api: &str, key: &str, concurrency: usize) -> Result<Self> {
+    pub fn new(api: &str, key: &str, concurrency: usize, prefer_wait: Option<u64>) -> Result<Self> {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(concurrency)
-            .timeout(Duration::from_secs(30))
+            // A waiting request may take its whole wait.
+            .timeout(Duration::from_secs(30 + prefer_wait.unwrap_or(0)))
             .build()?;
         Ok(Self {
             http,
             api: api.to_owned(),
             key: key.to_owned(),
             idempotency_keys: false,
+            prefer_wait,
         })
     }
 
@@ -175,14 +179,17 @@ impl Load {
     /// Message `i` as one POST; (accepted, why not).
     async fn post_one(&self, i: usize, users: usize) -> (u64, Option<String>) {
         let user = user_id(i % users);
-        let request = self
+        let mut request = self
             .http
             .post(format!("{}/v1/users/{user}/messages", self.api))
             .bearer_auth(&self.key)
             .json(&json!({"message": format!("bench message {i}")}));
-        let resp = self.keyed(request, || format!("bench-{i}")).send().await;
-        match resp {
-            Ok(r) if r.status().as_u16() == 202 => {
+        if let Some(wait) = self.prefer_wait {
+            request = request.header("Prefer", format!("wait={wait}"));
+        }
+        match self.keyed(request, || format!("bench-{i}")).send().await {
+            // 200: it waited and the message is sent (or failed) already.
+            Ok(r) if matches!(r.status().as_u16(), 200 | 202) => {
                 // Read the body so the connection is reused.
                 let _ = r.bytes().await;
                 (1, None)

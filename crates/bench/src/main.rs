@@ -65,6 +65,12 @@ struct Args {
     /// Offer a fixed rate of R requests/s instead of a closed loop
     #[arg(long, value_name = "R")]
     open_loop: Option<f64>,
+    /// Send every single POST with `Prefer: wait=SECS`: each client holds
+    /// its request until the message is sent (200) or SECS pass (202);
+    /// accept latency is then the wait. Not with --batch
+    #[arg(long, value_name = "SECS", conflicts_with = "batch",
+          value_parser = clap::value_parser!(u64).range(1..=30))]
+    prefer_wait: Option<u64>,
     /// The sandbox's answer delay
     #[arg(long, default_value_t = 0)]
     provider_latency_ms: u64,
@@ -202,6 +208,7 @@ async fn real_main(args: Args) -> std::process::ExitCode {
         users: settings.users,
         concurrency: settings.concurrency,
         open_loop_rate: args.open_loop,
+        prefer_wait: args.prefer_wait,
         provider_latency_ms: args.provider_latency_ms,
         intake_rate: args.intake_rate,
         intake_burst: args.intake_burst,
@@ -297,14 +304,17 @@ async fn real_main(args: Args) -> std::process::ExitCode {
 
 /// The run's settings, once at the start.
 fn header_line(args: &Args, settings: &Settings) -> String {
+    let mut load = match args.open_loop {
+        Some(r) => format!("open loop at {r}/s with {} senders", settings.concurrency),
+        None => format!("concurrency {}", settings.concurrency),
+    };
+    if let Some(wait) = args.prefer_wait {
+        load.push_str(&format!(", Prefer: wait={wait}"));
+    }
     format!(
-        "{} messages, {} users, {}, {} worker(s), worker concurrency {}, provider latency {} ms, intake limit {}, rounds {}{}",
+        "{} messages, {} users, {load}, {} worker(s), worker concurrency {}, provider latency {} ms, intake limit {}, rounds {}{}",
         settings.messages,
         settings.users,
-        match args.open_loop {
-            Some(r) => format!("open loop at {r}/s with {} senders", settings.concurrency),
-            None => format!("concurrency {}", settings.concurrency),
-        },
         settings.workers,
         settings
             .worker_concurrency
@@ -484,8 +494,13 @@ async fn run_round(
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);
 
     let load = Arc::new(
-        load::Load::new(&stack.api_url, &stack.key, settings.concurrency)?
-            .with_idempotency_keys(args.idempotency_keys),
+        load::Load::new(
+            &stack.api_url,
+            &stack.key,
+            settings.concurrency,
+            args.prefer_wait,
+        )?
+        .with_idempotency_keys(args.idempotency_keys),
     );
     eprintln!("kurir-bench: creating {} users", settings.users);
     load.create_users(settings.users).await?;
@@ -509,6 +524,9 @@ async fn run_round(
     }
     if args.idempotency_keys {
         mode.push_str(", an Idempotency-Key on every request");
+    }
+    if let Some(wait) = args.prefer_wait {
+        mode.push_str(&format!(", each with Prefer: wait={wait}"));
     }
     eprintln!(
         "kurir-bench: sending {m} messages to {} users, {mode}",

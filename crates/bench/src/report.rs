@@ -175,6 +175,8 @@ pub struct Report {
     pub users: usize,
     pub concurrency: usize,
     pub open_loop_rate: Option<f64>,
+    /// `Prefer: wait` seconds each single POST carried; `null`: none.
+    pub prefer_wait: Option<u64>,
     pub provider_latency_ms: u64,
     /// The api's `KURIR_INTAKE_RATE` (0: off) and `KURIR_INTAKE_BURST`
     /// (`null`: kurir's default).
@@ -196,6 +198,7 @@ pub struct Header {
     pub users: usize,
     pub concurrency: usize,
     pub open_loop_rate: Option<f64>,
+    pub prefer_wait: Option<u64>,
     pub provider_latency_ms: u64,
     pub intake_rate: u32,
     pub intake_burst: Option<u32>,
@@ -232,6 +235,7 @@ impl Report {
             users: header.users,
             concurrency: header.concurrency,
             open_loop_rate: header.open_loop_rate,
+            prefer_wait: header.prefer_wait,
             provider_latency_ms: header.provider_latency_ms,
             intake_rate: header.intake_rate,
             intake_burst: header.intake_burst,

@@ -16,7 +16,7 @@ pub mod validate;
 
 pub use ids::{AccountId, JobKind, MessageId, StatusUpdateId, UserId};
 pub use intake::IntakeLimit;
-pub use status::{LastError, MessageStatus, StatusUpdateState};
+pub use status::{JobState, LastError, MessageStatus, StatusUpdateState};
 pub use validate::{
     FieldError, MessageBody, PhoneNumber, ProfileImage, StatusText, UserName, ValidationErrors,
 };

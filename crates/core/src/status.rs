@@ -6,6 +6,8 @@ use std::{fmt, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
+use crate::JobKind;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
@@ -115,6 +117,57 @@ impl FromStr for StatusUpdateState {
     }
 }
 
+/// The state of a message or of a status update: what a client waiting on
+/// either (`Prefer: wait`) is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Message(MessageStatus),
+    StatusUpdate(StatusUpdateState),
+}
+
+impl JobState {
+    /// Where every row of `kind` starts.
+    pub fn accepted(kind: JobKind) -> Self {
+        match kind {
+            JobKind::Message => JobState::Message(MessageStatus::Queued),
+            JobKind::StatusUpdate => JobState::StatusUpdate(StatusUpdateState::Queued),
+        }
+    }
+
+    /// A stored state of a row of `kind`.
+    pub fn parse(kind: JobKind, state: &str) -> Result<Self, UnknownState> {
+        Ok(match kind {
+            JobKind::Message => JobState::Message(state.parse()?),
+            JobKind::StatusUpdate => JobState::StatusUpdate(state.parse()?),
+        })
+    }
+
+    /// Whether the request is over: the provider took it (a message `sent`,
+    /// or further along), or it failed for good. Nothing a worker does
+    /// changes it any more.
+    pub fn is_final(self) -> bool {
+        match self {
+            JobState::Message(status) => {
+                !matches!(status, MessageStatus::Queued | MessageStatus::Sending)
+            }
+            JobState::StatusUpdate(state) => {
+                matches!(
+                    state,
+                    StatusUpdateState::Success | StatusUpdateState::Failed
+                )
+            }
+        }
+    }
+
+    /// The value clients see (`message_status`, `status_update`).
+    pub fn public(self) -> &'static str {
+        match self {
+            JobState::Message(status) => status.as_str(),
+            JobState::StatusUpdate(state) => state.public(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +184,28 @@ mod tests {
     fn sending_status_updates_look_queued() {
         assert_eq!(StatusUpdateState::Sending.public(), "queued");
         assert_eq!(StatusUpdateState::Success.public(), "success");
+    }
+
+    #[test]
+    fn requests_are_over_once_delivered_or_failed() {
+        let message = |s| JobState::parse(JobKind::Message, s).unwrap();
+        let update = |s| JobState::parse(JobKind::StatusUpdate, s).unwrap();
+        for pending in [
+            message("queued"),
+            message("sending"),
+            update("queued"),
+            update("sending"),
+        ] {
+            assert!(!pending.is_final(), "{pending:?}");
+        }
+        for over in ["sent", "delivered", "read", "failed"] {
+            assert!(message(over).is_final(), "{over}");
+        }
+        assert!(update("success").is_final());
+        assert!(update("failed").is_final());
+        assert_eq!(update("sending").public(), "queued");
+        assert_eq!(message("sending").public(), "sending");
+        assert_eq!(JobState::accepted(JobKind::StatusUpdate).public(), "queued");
+        assert!(JobState::parse(JobKind::StatusUpdate, "sent").is_err());
     }
 }

@@ -12,7 +12,11 @@
 //!   attempts, many rows in one statement), or [`expire`] for a row claimed past its
 //!   retry deadline (failed with no provider call, so no attempt);
 //!   [`requeue_expired`] gives back rows whose worker died;
-//! - reading the history: [`attempts_for`], scoped to an account.
+//! - reading the history: [`attempts_for`], scoped to an account;
+//! - telling who waits: every statement that takes rows to a final state
+//!   ([`record_many`], [`expire`]) NOTIFYs [`DONE_CHANNEL`] naming them and
+//!   their state ([`done_rows`] reads it back); [`state_of`] reads one row's
+//!   state, for a waiter that may have missed its notification.
 //!
 //! `attempts` fences stale writers: an outcome is recorded only if the row is
 //! still `sending` at the attempt the writer claimed, and a publish is marked
@@ -22,8 +26,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kurir_core::{
-    AccountId, JobKind, LastError, MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId,
-    UserId,
+    AccountId, JobKind, JobState, LastError, MessageBody, MessageId, PhoneNumber, StatusText,
+    StatusUpdateId, UserId,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -32,6 +36,83 @@ use crate::{GenericClient, Result, corrupt};
 
 /// The channel the relay LISTENs on; a NOTIFY there wakes it early.
 pub const RELAY_CHANNEL: &str = "kurir_relay";
+
+/// The channel that hears of rows reaching a final state (a message `sent`
+/// or `failed`, a status update `success` or `failed`): one NOTIFY per
+/// statement that finished them (more for a large one, [`DONE_PER_NOTIFY`]
+/// rows each), committed with it. Its payload is the kind, then
+/// `id:state` for each row, separated by spaces:
+/// `message 0190…:sent 0190…:failed`. [`done_rows`] reads it.
+pub const DONE_CHANNEL: &str = "kurir_done";
+
+/// Most rows one NOTIFY on [`DONE_CHANNEL`] names, so that its payload
+/// stays under Postgres' 8,000 bytes: at most 46 bytes a row
+/// (`" " + 36 + ":" + "success"`) and the kind's name, 6,913 bytes in all.
+pub const DONE_PER_NOTIFY: usize = 150;
+
+/// A CTE `notified` that NOTIFYs [`DONE_CHANNEL`] of the rows of CTE
+/// `source` (with columns `id` and `state`, the row's new state) that are
+/// final now, [`DONE_PER_NOTIFY`] to a notification. The statement must
+/// read `notified` (a CTE nobody reads is not run).
+fn notify_done(kind: JobKind, source: &str) -> String {
+    format!(
+        "notified AS (
+             SELECT pg_notify('{DONE_CHANNEL}', '{kind} ' || string_agg(f.id::text || ':' || f.state, ' '))
+             FROM (SELECT id, state, (row_number() OVER () - 1) / {DONE_PER_NOTIFY} AS chunk
+                   FROM {source} WHERE state <> 'queued') f
+             GROUP BY f.chunk)"
+    )
+}
+
+/// One row a [`DONE_CHANNEL`] notification names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Done {
+    pub kind: JobKind,
+    pub id: Uuid,
+    pub state: JobState,
+}
+
+/// The rows a [`DONE_CHANNEL`] payload names; an error for a payload this
+/// version did not write.
+pub fn done_rows(payload: &str) -> Result<Vec<Done>> {
+    let mut words = payload.split(' ');
+    let kind = match words.next() {
+        Some("message") => JobKind::Message,
+        Some("status_update") => JobKind::StatusUpdate,
+        other => return Err(corrupt(format!("done notification of kind {other:?}"))),
+    };
+    words
+        .map(|word| {
+            let (id, state) = word
+                .split_once(':')
+                .ok_or_else(|| corrupt(format!("done notification entry {word:?}")))?;
+            Ok(Done {
+                kind,
+                id: Uuid::parse_str(id).map_err(corrupt)?,
+                state: JobState::parse(kind, state).map_err(corrupt)?,
+            })
+        })
+        .collect()
+}
+
+/// Where one row stands now; `None` if there is no such row. By id alone:
+/// for a caller that holds the id of a row it stored itself (a waiting
+/// request), never for an id a client named.
+pub async fn state_of(
+    client: &impl GenericClient,
+    kind: JobKind,
+    id: Uuid,
+) -> Result<Option<JobState>> {
+    let t = table(kind);
+    let statement = client
+        .prepare_cached(&format!("SELECT state FROM {t} WHERE id = $1"))
+        .await?;
+    client
+        .query_opt(&statement, &[&id])
+        .await?
+        .map(|row| JobState::parse(kind, row.get("state")).map_err(corrupt))
+        .transpose()
+}
 
 fn table(kind: JobKind) -> &'static str {
     match kind {
@@ -460,7 +541,8 @@ pub enum Recorded {
 
 /// Records attempts and what each decided, for many rows of `kind` in one
 /// statement (one round trip, one commit, atomic): each row's new state, and
-/// its `delivery_attempts` entry. Answers one [`Recorded`] per item, in order.
+/// its `delivery_attempts` entry; the rows that are final now are NOTIFYed
+/// on [`DONE_CHANNEL`]. Answers one [`Recorded`] per item, in order.
 ///
 /// Fences: a final outcome still counts if the row was re-queued after our
 /// lease expired (Postgres was away longer than the lease) but nobody claimed
@@ -546,9 +628,10 @@ fn record_sql(kind: JobKind) -> String {
         ),
     };
     let returning = match kind {
-        JobKind::Message => "t.id",
+        JobKind::Message => "t.id, t.state",
         JobKind::StatusUpdate => "t.id, t.state, t.account_id, t.user_id, t.status, t.created_at",
     };
+    let notified = notify_done(kind, "done");
     format!(
         "WITH input AS (
              SELECT * FROM unnest($1::uuid[], $2::int4[], $3::text[], $4::float8[], $5::jsonb[], $6::text[])
@@ -577,8 +660,10 @@ fn record_sql(kind: JobKind) -> String {
                                         $15::timestamptz[]) AS a
              -- the same record sent again after a lost reply
              ON CONFLICT (subject_id, attempt) DO NOTHING
-             RETURNING subject_id)
-         SELECT (SELECT array_agg(id) FROM done), (SELECT array_agg(subject_id) FROM recorded)"
+             RETURNING subject_id),
+         {notified}
+         SELECT (SELECT array_agg(id) FROM done), (SELECT array_agg(subject_id) FROM recorded),
+                (SELECT count(*) FROM notified)"
     )
 }
 
@@ -651,8 +736,8 @@ impl RecordColumns {
 /// Fails a claimed row that is past its retry deadline, without an attempt:
 /// no provider call was made, so the history gets no entry, and the claim's
 /// increment of `attempts` is taken back (it counts provider calls). Fenced
-/// like [`record_many`]: only the claim that `attempt` names may do it. `false`:
-/// the row moved on meanwhile.
+/// like [`record_many`]: only the claim that `attempt` names may do it, and
+/// NOTIFYed on [`DONE_CHANNEL`] as it does. `false`: the row moved on meanwhile.
 #[instrument(skip(client, error))]
 pub async fn expire(
     client: &impl GenericClient,
@@ -666,14 +751,22 @@ pub async fn expire(
         JobKind::Message => "failed_at",
         JobKind::StatusUpdate => "completed_at",
     };
+    let notified = notify_done(kind, "done");
     let sql = format!(
-        "UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
-                        attempts = attempts - 1, updated_at = now(), lease_until = NULL
-         WHERE id = $1 AND state = 'sending' AND attempts = $2"
+        "WITH done AS (
+             UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
+                            attempts = attempts - 1, updated_at = now(), lease_until = NULL
+             WHERE id = $1 AND state = 'sending' AND attempts = $2
+             RETURNING id, state),
+         {notified}
+         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM notified)"
     );
     let statement = client.prepare_cached(&sql).await?;
     let error = error_json(error)?;
-    Ok(client.execute(&statement, &[&id, &attempt, &error]).await? == 1)
+    let row = client
+        .query_one(&statement, &[&id, &attempt, &error])
+        .await?;
+    Ok(row.get::<_, i64>(0) == 1)
 }
 
 /// Text from a provider, made storable: Postgres refuses NUL in text and jsonb.
@@ -802,4 +895,60 @@ fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
         latency_ms: row.get("latency_ms"),
         started_at: row.get("started_at"),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use kurir_core::{MessageStatus, StatusUpdateState};
+
+    use super::*;
+
+    #[test]
+    fn a_done_payload_names_each_row_and_its_state() {
+        let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+        let rows = done_rows(&format!("message {a}:sent {b}:failed")).unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                Done {
+                    kind: JobKind::Message,
+                    id: a,
+                    state: JobState::Message(MessageStatus::Sent)
+                },
+                Done {
+                    kind: JobKind::Message,
+                    id: b,
+                    state: JobState::Message(MessageStatus::Failed)
+                },
+            ]
+        );
+        let rows = done_rows(&format!("status_update {a}:success")).unwrap();
+        assert_eq!(
+            rows[0].state,
+            JobState::StatusUpdate(StatusUpdateState::Success)
+        );
+    }
+
+    #[test]
+    fn a_done_payload_of_another_shape_is_an_error() {
+        let id = Uuid::now_v7();
+        for payload in [
+            String::new(),
+            format!("parcel {id}:sent"),
+            format!("message {id}"),
+            "message nope:sent".to_owned(),
+            format!("message {id}:success"),
+        ] {
+            assert!(done_rows(&payload).is_err(), "{payload:?}");
+        }
+    }
+
+    #[test]
+    fn the_largest_done_payload_fits_a_notify() {
+        let id = Uuid::now_v7();
+        let entries = vec![format!("{id}:success"); DONE_PER_NOTIFY];
+        let payload = format!("{} {}", JobKind::StatusUpdate, entries.join(" "));
+        assert!(payload.len() < 8000, "{} bytes", payload.len());
+        assert_eq!(done_rows(&payload).unwrap().len(), DONE_PER_NOTIFY);
+    }
 }

@@ -112,8 +112,12 @@ impl Worker {
         let wake = Arc::new(tokio::sync::Notify::new());
         tasks.spawn(listen::run(
             pg_config,
-            pipeline::RELAY_CHANNEL,
-            wake.clone(),
+            &[pipeline::RELAY_CHANNEL],
+            {
+                // A notification, or a (re)connect that may have missed one.
+                let wake = wake.clone();
+                move |_| wake.notify_one()
+            },
             shutdown.clone(),
         ));
         let relay_config = RelayConfig {

@@ -11,7 +11,7 @@ use kurir_store::{
 };
 use serde::Deserialize;
 
-use super::users::user_id;
+use super::{answer_seed_post, users::user_id};
 use crate::{
     AppState,
     accept::{Accept, NewJob, Stored},
@@ -25,6 +25,7 @@ use crate::{
         HEADER, IdempotencyKey, canonical_json, claim, fingerprint, kept_json, key_problem, replay,
         respond,
     },
+    wait::PreferWait,
 };
 
 #[derive(Debug, Deserialize)]
@@ -35,12 +36,15 @@ pub struct SendMessage {
 
 /// `POST /v1/users/{id}/messages`: 202 once the message is stored; the
 /// worker delivers it. With an `Idempotency-Key`, a repeat of the same
-/// request gets the first response and stores nothing.
+/// request gets the first response and stores nothing. With
+/// `Prefer: wait=N`, 200 once it is `sent` or `failed` within N seconds
+/// (see [`crate::wait`]).
 pub async fn send(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
     IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
     JsonBody(body): JsonBody<SendMessage>,
 ) -> ApiResult<Response> {
     let user = user_id(&user)?;
@@ -73,7 +77,10 @@ pub async fn send(
         user,
         body: text,
     };
+    // Before the commit, so that a delivery faster than our answer is not missed.
+    let hold = state.waiters.hold(wait, JobKind::Message, id.0);
     let intake = state.intake.take(account, 1).await?;
+    let kept_key = key.as_ref().map(|claim| claim.key.clone());
     // Committed with whatever else is being accepted now (one INSERT, one
     // commit), then handed to the dispatcher.
     let stored = state
@@ -85,12 +92,20 @@ pub async fn send(
         .await;
     // Tokens pay for new rows only: a replay stores nothing.
     let limit_headers = intake.keep(usize::from(matches!(stored, Ok(Stored::New))));
-    let mut response = match stored? {
-        Stored::New => respond(response, false),
-        Stored::Replay(first) => respond(first, true),
-    };
-    response.headers_mut().extend(limit_headers);
-    Ok(response)
+    let location = format!("/v1/messages/{id}");
+    let mut answer = answer_seed_post(&state, stored?, hold, response, kept_key, |status, now| {
+        kept_json(
+            status,
+            Some(location),
+            &Accepted {
+                message_id: id.to_string(),
+                message_status: now.public(),
+            },
+        )
+    })
+    .await;
+    answer.headers_mut().extend(limit_headers);
+    Ok(answer)
 }
 
 #[derive(Debug, Deserialize)]

@@ -8,14 +8,15 @@ use kurir_store::{
 };
 use serde::Deserialize;
 
-use super::users::user_id;
+use super::{answer_seed_post, users::user_id};
 use crate::{
     AppState,
-    accept::{Accept, NewJob, Stored},
+    accept::{Accept, NewJob},
     dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
-    idempotency::{IdempotencyKey, claim, fingerprint, kept_json, respond},
+    idempotency::{IdempotencyKey, claim, fingerprint, kept_json},
+    wait::PreferWait,
 };
 
 #[derive(Debug, Deserialize)]
@@ -27,11 +28,14 @@ pub struct SetStatus {
 /// `POST /v1/users/{id}/status`: 202 once stored; when the worker succeeds,
 /// the user's `status` becomes the new text. With an `Idempotency-Key`, a
 /// repeat of the same request gets the first response and stores nothing.
+/// With `Prefer: wait=N`, 200 once it is `success` or `failed` within N
+/// seconds (see [`crate::wait`]).
 pub async fn set(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
     IdempotencyKey(key): IdempotencyKey,
+    PreferWait(wait): PreferWait,
     JsonBody(body): JsonBody<SetStatus>,
 ) -> ApiResult<Response> {
     let user = user_id(&user)?;
@@ -64,7 +68,10 @@ pub async fn set(
         user,
         status: text,
     };
+    // Before the commit, so that a delivery faster than our answer is not missed.
+    let hold = state.waiters.hold(wait, JobKind::StatusUpdate, id.0);
     // Committed with whatever else is being accepted now.
+    let kept_key = key.as_ref().map(|claim| claim.key.clone());
     let stored = state
         .accepter
         .accept(Accept {
@@ -72,10 +79,20 @@ pub async fn set(
             key,
         })
         .await?;
-    Ok(match stored {
-        Stored::New => respond(response, false),
-        Stored::Replay(first) => respond(first, true),
-    })
+    let location = format!("/v1/status-updates/{id}");
+    Ok(
+        answer_seed_post(&state, stored, hold, response, kept_key, |status, now| {
+            kept_json(
+                status,
+                Some(location),
+                &StatusAccepted {
+                    status_update_id: id.to_string(),
+                    status_update: now.public(),
+                },
+            )
+        })
+        .await,
+    )
 }
 
 fn status_update_id(raw: &str) -> ApiResult<StatusUpdateId> {
