@@ -458,7 +458,7 @@ async fn a_batch_answers_each_item_in_order_and_accepts_the_valid_ones() {
         {"user_id": "nobody", "message": "no such user"},
         {"user_id": "u1", "message": "   "},
         {"user_id": "u1", "message": "typo", "mesage": "x"},
-        {"user_id": "u1", "message": "keyed", "idempotency_key": "k1"},
+        {"user_id": "u1", "message": "keyed", "idempotency_key": ""},
         5,
         {"message": "who?"},
         {"user_id": "u1", "message": "last"},

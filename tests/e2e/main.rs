@@ -6,7 +6,9 @@
 mod auth;
 mod delivery;
 mod faults;
+mod idempotency;
 mod isolation;
+mod limits;
 mod nodes;
 mod operations;
 mod pipeline;

@@ -85,51 +85,58 @@ async fn template() -> &'static str {
     TEMPLATE
         .get_or_init(|| async {
             let name = format!("kurir_tmpl_{}", migrate::fingerprint());
-            let client = admin().await;
-            client
-                .execute("SELECT pg_advisory_lock(4242424242)", &[])
-                .await
-                .expect("advisory lock");
-            let exists = client
-                .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
-                .await
-                .expect("look for the template")
-                .is_some();
-            if !exists {
-                let building = format!("{name}_building");
-                client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
-                    .await
-                    .expect("drop a half-built template");
-                migrate::run(&pg_config(&building))
-                    .await
-                    .expect("migrate the template");
-                client
-                    .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
-                    .await
-                    .expect("publish the template");
-                // Templates of older migration sets are of no more use.
-                let stale = client
-                    .query(
-                        "SELECT datname FROM pg_database WHERE datname LIKE 'kurir\\_tmpl\\_%' AND datname <> $1",
-                        &[&name],
-                    )
-                    .await
-                    .expect("list old templates");
-                for row in stale {
-                    let old: String = row.get(0);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
-                        .await;
-                }
-            }
-            client
-                .execute("SELECT pg_advisory_unlock(4242424242)", &[])
-                .await
-                .expect("advisory unlock");
+            ensure_template(&name).await;
             name
         })
         .await
+}
+
+/// Builds template `name` unless it exists. Another checkout's test run
+/// (other migrations, so another name) drops it as stale, so a clone that
+/// finds it gone calls this again.
+async fn ensure_template(name: &str) {
+    let client = admin().await;
+    client
+        .execute("SELECT pg_advisory_lock(4242424242)", &[])
+        .await
+        .expect("advisory lock");
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await
+        .expect("look for the template")
+        .is_some();
+    if !exists {
+        let building = format!("{name}_building");
+        client
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {building} WITH (FORCE)"))
+            .await
+            .expect("drop a half-built template");
+        migrate::run(&pg_config(&building))
+            .await
+            .expect("migrate the template");
+        client
+            .batch_execute(&format!("ALTER DATABASE {building} RENAME TO {name}"))
+            .await
+            .expect("publish the template");
+        // Templates of older migration sets are of no more use.
+        let stale = client
+            .query(
+                "SELECT datname FROM pg_database WHERE datname LIKE 'kurir\\_tmpl\\_%' AND datname <> $1",
+                &[&name],
+            )
+            .await
+            .expect("list old templates");
+        for row in stale {
+            let old: String = row.get(0);
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {old} WITH (FORCE)"))
+                .await;
+        }
+    }
+    client
+        .execute("SELECT pg_advisory_unlock(4242424242)", &[])
+        .await
+        .expect("advisory unlock");
 }
 
 fn unique(tag: &str) -> String {
@@ -162,7 +169,15 @@ async fn create_database(server: Option<&str>) -> String {
             Err(err) if err.code() == Some(&SqlState::OBJECT_IN_USE) => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(err) => panic!("cannot create the test database: {err}"),
+            // Another checkout's tests dropped it as stale: build it again.
+            Err(err) if err.code() == Some(&SqlState::INVALID_CATALOG_NAME) => {
+                ensure_template(template).await;
+            }
+            Err(err) => panic!(
+                "cannot create the test database: {}",
+                err.as_db_error()
+                    .map_or(err.to_string(), |db| db.message().to_owned())
+            ),
         }
     }
     panic!("the template database stayed busy");
@@ -238,6 +253,8 @@ pub struct TestApp {
     pub worker_postgres: Option<Proxy>,
     pub broker: Option<Proxy>,
     options: Options,
+    /// The API's settings, for another API process on the same database.
+    api_config: kurir_api::Config,
     /// The Postgres server (base URL) and database this app uses.
     server: String,
     database: String,
@@ -341,6 +358,7 @@ impl TestApp {
             worker_postgres,
             broker,
             options: options.clone(),
+            api_config,
             server,
             database,
             prefix,
@@ -382,6 +400,19 @@ impl TestApp {
             provider,
             retry,
         }
+    }
+
+    /// Starts a second API process over the same database and broker (as
+    /// `kurir api` run twice would be); its base URL. It stops with the app.
+    pub async fn another_api(&self) -> String {
+        let state =
+            kurir_api::AppState::new(&self.api_config, &self.shutdown).expect("second api state");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(kurir_api::serve(state, listener, self.shutdown.clone()));
+        address
     }
 
     pub fn start_worker(&mut self) {

@@ -155,7 +155,11 @@ impl From<StatusUpdate> for StatusUpdateJson {
 #[serde(untagged)]
 pub enum BatchResult {
     Accepted(Accepted),
-    Error { error: serde_json::Value },
+    /// An item's first result, kept under its key.
+    Replayed(serde_json::Value),
+    Error {
+        error: serde_json::Value,
+    },
 }
 
 /// `POST /v1/messages/batch`: one result per item, in order.

@@ -14,7 +14,7 @@ use std::{
 };
 
 use axum::{
-    http::{HeaderValue, StatusCode, header},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
 use kurir_core::{FieldError, ValidationErrors};
@@ -31,7 +31,10 @@ pub struct ApiError {
     title: &'static str,
     detail: String,
     errors: Vec<FieldError>,
-    retry_after: Option<u64>,
+    /// Seconds (u32: keeps the type small, and is over a century).
+    retry_after: Option<u32>,
+    /// More headers for the answer (a rate limit's); boxed like `cause`.
+    headers: Option<Box<HeaderMap>>,
     /// What went wrong inside, for the log (never for the client). Boxed:
     /// every handler returns this type, so it is kept small.
     cause: Option<Box<str>>,
@@ -62,6 +65,7 @@ impl ApiError {
             detail: detail.into(),
             errors: Vec::new(),
             retry_after: None,
+            headers: None,
             cause: None,
         }
     }
@@ -220,6 +224,22 @@ impl ApiError {
         }
     }
 
+    /// 429 with `Retry-After`: over a rate limit; nothing was accepted.
+    /// `headers` describe the limit (`RateLimit-Policy`, `RateLimit`).
+    pub fn rate_limited(detail: impl Into<String>, retry_after: u64, headers: HeaderMap) -> Self {
+        let retry_after = u32::try_from(retry_after).unwrap_or(u32::MAX);
+        Self {
+            retry_after: Some(retry_after),
+            headers: Some(Box::new(headers)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+                detail,
+            )
+        }
+    }
+
     pub fn internal() -> Self {
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -345,6 +365,9 @@ impl IntoResponse for ApiError {
         );
         if let Some(seconds) = self.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        if let Some(more) = self.headers {
+            headers.extend(*more);
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));

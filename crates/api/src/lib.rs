@@ -11,7 +11,9 @@ pub mod dispatch;
 pub mod dto;
 pub mod error;
 pub mod extract;
+pub mod idempotency;
 pub mod keycache;
+pub mod limit;
 pub mod ops;
 pub mod routes;
 pub mod server;
@@ -69,6 +71,8 @@ pub struct AppState {
     pub timeouts: server::ClientTimeouts,
     /// API keys found valid a moment ago.
     pub keys: keycache::KeyCache,
+    /// The per-account intake limit: this process's leases of each bucket.
+    pub intake: limit::Intake,
     /// Requests holding their answer for `Prefer: wait`, and the one
     /// listener that wakes them.
     pub waiters: wait::Waiters,
@@ -105,13 +109,14 @@ impl AppState {
         let accepter = accept::Accepter::start(db.clone(), dispatcher, &tasks);
         let waiters = wait::Waiters::start(db.clone(), &config.database, &tasks, shutdown.clone())?;
         Ok(Self {
-            db,
+            db: db.clone(),
             publisher,
             accepter,
             tasks,
             max_body_bytes: config.api.max_body_bytes,
             timeouts: server::ClientTimeouts::from(&config.api),
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
+            intake: limit::Intake::new(db, config.api.intake.limit()),
             waiters,
         })
     }

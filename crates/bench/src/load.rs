@@ -11,6 +11,7 @@ pub struct Load {
     pub http: reqwest::Client,
     pub api: String,
     pub key: String,
+    pub idempotency_keys: bool,
     /// `Prefer: wait` seconds on every single POST.
     pub prefer_wait: Option<u64>,
 }
@@ -48,8 +49,29 @@ impl Load {
             http,
             api: api.to_owned(),
             key: key.to_owned(),
+            idempotency_keys: false,
             prefer_wait,
         })
+    }
+
+    /// Every request carries an `Idempotency-Key` (a batch request one for
+    /// the whole batch), as a careful sender's would.
+    pub fn with_idempotency_keys(mut self, on: bool) -> Self {
+        self.idempotency_keys = on;
+        self
+    }
+
+    /// `request` with the idempotency key `key`, if keys are on.
+    fn keyed(
+        &self,
+        request: reqwest::RequestBuilder,
+        key: impl FnOnce() -> String,
+    ) -> reqwest::RequestBuilder {
+        if self.idempotency_keys {
+            request.header("Idempotency-Key", key())
+        } else {
+            request
+        }
     }
 
     pub async fn create_users(&self, users: usize) -> Result<()> {
@@ -165,7 +187,7 @@ impl Load {
         if let Some(wait) = self.prefer_wait {
             request = request.header("Prefer", format!("wait={wait}"));
         }
-        match request.send().await {
+        match self.keyed(request, || format!("bench-{i}")).send().await {
             // 200: it waited and the message is sent (or failed) already.
             Ok(r) if matches!(r.status().as_u16(), 200 | 202) => {
                 // Read the body so the connection is reused.
@@ -191,11 +213,13 @@ impl Load {
                 |i| json!({"user_id": user_id(i % users), "message": format!("bench message {i}")}),
             )
             .collect();
-        let resp = self
+        let request = self
             .http
             .post(format!("{}/v1/messages/batch", self.api))
             .bearer_auth(&self.key)
-            .json(&json!({ "messages": messages }))
+            .json(&json!({ "messages": messages }));
+        let resp = self
+            .keyed(request, || format!("bench-batch-{first}"))
             .send()
             .await;
         let r = match resp {

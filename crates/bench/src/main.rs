@@ -59,6 +59,9 @@ struct Args {
     /// instead of single POSTs (accept latency is then per request)
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
     batch: Option<u16>,
+    /// Send an `Idempotency-Key` with every request (one per batch request)
+    #[arg(long)]
+    idempotency_keys: bool,
     /// Offer a fixed rate of R requests/s instead of a closed loop
     #[arg(long, value_name = "R")]
     open_loop: Option<f64>,
@@ -71,6 +74,14 @@ struct Args {
     /// The sandbox's answer delay
     #[arg(long, default_value_t = 0)]
     provider_latency_ms: u64,
+    /// The api's `KURIR_INTAKE_RATE` (per-account intake limit, messages/s).
+    /// 0, the default here, switches it off: the bench measures throughput;
+    /// set one above the offered load to measure what the limiter costs
+    #[arg(long, value_name = "R", default_value_t = 0)]
+    intake_rate: u32,
+    /// The api's `KURIR_INTAKE_BURST` [default: kurir's own (10000)]
+    #[arg(long, value_name = "B")]
+    intake_burst: Option<u32>,
     /// Also run the bare pipeline (after kurir) and report kurir's ratio to it
     #[arg(long)]
     reference: bool,
@@ -199,6 +210,8 @@ async fn real_main(args: Args) -> std::process::ExitCode {
         open_loop_rate: args.open_loop,
         prefer_wait: args.prefer_wait,
         provider_latency_ms: args.provider_latency_ms,
+        intake_rate: args.intake_rate,
+        intake_burst: args.intake_burst,
         cores: std::thread::available_parallelism().map_or(0, usize::from),
     };
     eprintln!("kurir-bench: {}", header_line(&args, &settings));
@@ -299,7 +312,7 @@ fn header_line(args: &Args, settings: &Settings) -> String {
         load.push_str(&format!(", Prefer: wait={wait}"));
     }
     format!(
-        "{} messages, {} users, {load}, {} worker(s), worker concurrency {}, provider latency {} ms, rounds {}{}",
+        "{} messages, {} users, {load}, {} worker(s), worker concurrency {}, provider latency {} ms, intake limit {}, rounds {}{}",
         settings.messages,
         settings.users,
         settings.workers,
@@ -307,6 +320,11 @@ fn header_line(args: &Args, settings: &Settings) -> String {
             .worker_concurrency
             .map_or_else(|| "kurir's default".to_owned(), |c| c.to_string()),
         args.provider_latency_ms,
+        match (args.intake_rate, args.intake_burst) {
+            (0, _) => "off".to_owned(),
+            (rate, Some(burst)) => format!("{rate}/s, burst {burst}"),
+            (rate, None) => format!("{rate}/s, kurir's default burst"),
+        },
         settings.rounds,
         if settings.reference {
             " (kurir, then the reference)"
@@ -461,21 +479,29 @@ async fn run_round(
         settings.bin_dir.display(),
         settings.workers
     );
+    let mut api_env = vec![("KURIR_INTAKE_RATE", args.intake_rate.to_string())];
+    if let Some(burst) = args.intake_burst {
+        api_env.push(("KURIR_INTAKE_BURST", burst.to_string()));
+    }
     stack
         .start(
             settings.workers,
             args.provider_latency_ms,
             settings.worker_concurrency,
+            &api_env,
         )
         .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);
 
-    let load = Arc::new(load::Load::new(
-        &stack.api_url,
-        &stack.key,
-        settings.concurrency,
-        args.prefer_wait,
-    )?);
+    let load = Arc::new(
+        load::Load::new(
+            &stack.api_url,
+            &stack.key,
+            settings.concurrency,
+            args.prefer_wait,
+        )?
+        .with_idempotency_keys(args.idempotency_keys),
+    );
     eprintln!("kurir-bench: creating {} users", settings.users);
     load.create_users(settings.users).await?;
 
@@ -495,6 +521,9 @@ async fn run_round(
     };
     if let Some(batch) = args.batch {
         mode.push_str(&format!(", {batch} per batch request"));
+    }
+    if args.idempotency_keys {
+        mode.push_str(", an Idempotency-Key on every request");
     }
     if let Some(wait) = args.prefer_wait {
         mode.push_str(&format!(", each with Prefer: wait={wait}"));

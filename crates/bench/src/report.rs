@@ -178,6 +178,10 @@ pub struct Report {
     /// `Prefer: wait` seconds each single POST carried; `null`: none.
     pub prefer_wait: Option<u64>,
     pub provider_latency_ms: u64,
+    /// The api's `KURIR_INTAKE_RATE` (0: off) and `KURIR_INTAKE_BURST`
+    /// (`null`: kurir's default).
+    pub intake_rate: u32,
+    pub intake_burst: Option<u32>,
     pub cores: usize,
     /// The median round's runs (see `summary.median_round`).
     pub runs: Vec<RunFigures>,
@@ -196,6 +200,8 @@ pub struct Header {
     pub open_loop_rate: Option<f64>,
     pub prefer_wait: Option<u64>,
     pub provider_latency_ms: u64,
+    pub intake_rate: u32,
+    pub intake_burst: Option<u32>,
     pub cores: usize,
 }
 
@@ -231,6 +237,8 @@ impl Report {
             open_loop_rate: header.open_loop_rate,
             prefer_wait: header.prefer_wait,
             provider_latency_ms: header.provider_latency_ms,
+            intake_rate: header.intake_rate,
+            intake_burst: header.intake_burst,
             cores: header.cores,
             runs: shown.map(|r| r.runs.clone()).unwrap_or_default(),
             summary,

@@ -155,12 +155,13 @@ impl Stack {
     }
 
     /// `worker_concurrency`: `KURIR_WORKER_CONCURRENCY` for each worker;
-    /// `None` leaves kurir's default.
+    /// `None` leaves kurir's default. `api_env`: more settings of the api.
     pub async fn start(
         &mut self,
         workers: usize,
         provider_latency_ms: u64,
         worker_concurrency: Option<u16>,
+        api_env: &[(&str, String)],
     ) -> Result<()> {
         self.database_created = true; // from here on, cleanup drops it (IF EXISTS)
         self.run_once("migrate", &["migrate"]).await?;
@@ -188,7 +189,11 @@ impl Stack {
             "kurir",
             "api",
             &["api"],
-            &[("KURIR_API_ADDR", format!("127.0.0.1:{api_port}"))],
+            &[
+                &[("KURIR_API_ADDR", format!("127.0.0.1:{api_port}"))],
+                api_env,
+            ]
+            .concat(),
         )?;
         let mut worker_env = vec![
             ("KURIR_PROVIDER", "whatsapp".to_owned()),

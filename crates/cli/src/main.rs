@@ -2,6 +2,7 @@
 //! environment), sets up logging and signals, and calls into the crates that
 //! do the work. Nothing else lives here.
 
+mod accounts;
 mod checks;
 mod dlq;
 mod keys;
@@ -9,7 +10,7 @@ mod keys;
 use std::{io::IsTerminal, process::ExitCode};
 
 use clap::{Args, Parser, Subcommand};
-use kurir_core::config::{BusArgs, DatabaseArgs, ProviderArgs, RetryArgs, WorkerArgs};
+use kurir_core::config::{BusArgs, DatabaseArgs, IntakeArgs, ProviderArgs, RetryArgs, WorkerArgs};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -52,6 +53,16 @@ enum Command {
         command: keys::KeysCommand,
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Accounts and their intake limits.
+    Accounts {
+        #[command(subcommand)]
+        command: accounts::AccountsCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        /// The default limit, as the API has it (for `list`).
+        #[command(flatten)]
+        intake: IntakeArgs,
     },
     /// Show and re-drive dead-lettered envelopes (`{prefix}.dead`).
     Dlq {
@@ -237,6 +248,11 @@ async fn run(command: Command) -> Result<(), Failure> {
             served
         }
         Command::Keys { command, database } => keys::run(command, &database).await,
+        Command::Accounts {
+            command,
+            database,
+            intake,
+        } => accounts::run(command, &database, &intake).await,
         Command::Dlq {
             command,
             database,

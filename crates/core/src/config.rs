@@ -9,6 +9,8 @@ use std::{net::SocketAddr, time::Duration};
 
 use clap::{Args, FromArgMatches, ValueEnum};
 
+use crate::intake::IntakeLimit;
+
 /// The defaults of a settings group (flags absent; environment variables still
 /// apply, so a test run honours `DATABASE_URL` and `AMQP_URL`).
 pub fn defaults<T: Args + FromArgMatches>() -> T {
@@ -201,6 +203,36 @@ pub struct ApiArgs {
     /// again: a revoked key stops working within this. `0s` asks every time.
     #[arg(long, env = "KURIR_KEY_CACHE_TTL", default_value = "5s", value_parser = duration)]
     pub key_cache_ttl: Duration,
+
+    #[command(flatten)]
+    pub intake: IntakeArgs,
+}
+
+/// The default per-account intake limit (an account's own, set with
+/// `kurir accounts limit`, takes its place). `kurir api` enforces it;
+/// `kurir accounts list` shows it.
+#[derive(Debug, Clone, Args)]
+pub struct IntakeArgs {
+    /// Messages a second an account may have accepted, sustained: the token
+    /// bucket's rate. `0`: no limit, except for accounts given one of their own.
+    #[arg(long, env = "KURIR_INTAKE_RATE", default_value_t = 1000,
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::intake::MAX_RATE)), global = true)]
+    pub intake_rate: u32,
+
+    /// Messages an account may have accepted at once: the bucket's size. A
+    /// batch counts its items, so this is also the largest batch it can send.
+    #[arg(long, env = "KURIR_INTAKE_BURST", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::intake::MAX_BURST)), global = true)]
+    pub intake_burst: u32,
+}
+
+impl IntakeArgs {
+    pub fn limit(&self) -> IntakeLimit {
+        IntakeLimit {
+            rate: self.intake_rate,
+            burst: self.intake_burst,
+        }
+    }
 }
 
 /// Which provider the worker delivers through.

@@ -9,11 +9,13 @@
 pub mod apikey;
 pub mod config;
 pub mod ids;
+pub mod intake;
 pub mod runtime;
 pub mod status;
 pub mod validate;
 
 pub use ids::{AccountId, JobKind, MessageId, StatusUpdateId, UserId};
+pub use intake::IntakeLimit;
 pub use status::{JobState, LastError, MessageStatus, StatusUpdateState};
 pub use validate::{
     FieldError, MessageBody, PhoneNumber, ProfileImage, StatusText, UserName, ValidationErrors,

@@ -11,7 +11,9 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use kurir_core::config::DatabaseArgs;
 use tokio_postgres::{NoTls, error::SqlState};
 
+pub mod idempotency;
 pub mod keys;
+pub mod limits;
 pub mod listen;
 pub mod messages;
 pub mod migrate;
@@ -238,6 +240,23 @@ impl Db {
         timed(self.timeout, async {
             let client = self.pool.get().await?;
             work(&client).await
+        })
+        .await
+    }
+
+    /// Runs `work` in one transaction on a pooled connection, committed if
+    /// `work` succeeds and rolled back otherwise (also when the deadline,
+    /// which covers everything, the commit included, cuts it short).
+    pub async fn transaction<T>(
+        &self,
+        work: impl for<'a, 't> AsyncFnOnce(&'a Transaction<'t>) -> Result<T>,
+    ) -> Result<T> {
+        timed(self.timeout, async {
+            let mut client = self.pool.get().await?;
+            let transaction = client.transaction().await?;
+            let done = work(&transaction).await?;
+            transaction.commit().await?;
+            Ok(done)
         })
         .await
     }

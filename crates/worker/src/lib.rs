@@ -11,6 +11,7 @@
 
 pub mod deliver;
 mod group;
+pub mod housekeeping;
 pub mod provider;
 pub mod relay;
 pub mod retry;
@@ -130,6 +131,11 @@ impl Worker {
             publisher.clone(),
             wake,
             relay_config,
+            shutdown.clone(),
+        ));
+        tasks.spawn(housekeeping::run(
+            db.clone(),
+            housekeeping::INTERVAL,
             shutdown.clone(),
         ));
 

@@ -1,29 +1,30 @@
 //! Messages: send (the seed endpoint), poll one, list a user's.
 
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use kurir_core::{
-    AccountId, JobKind, MessageBody, MessageId, MessageStatus, UserId, ValidationErrors,
+    AccountId, FieldError, JobKind, MessageBody, MessageId, MessageStatus, UserId, ValidationErrors,
 };
 use kurir_store::{
+    idempotency::{self as key_store, Scope},
     messages::{self, NewMessage},
     pipeline, users,
 };
 use serde::Deserialize;
 
-use super::users::user_id;
+use super::{answer_seed_post, users::user_id};
 use crate::{
     AppState,
-    accept::NewJob,
+    accept::{Accept, NewJob, Stored},
     dto::{
         Accepted, AttemptList, BatchResult, BatchResults, Limit, MessageJson, MessageList,
         decode_cursor, encode_cursor, status_filter,
     },
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
+    idempotency::{
+        HEADER, IdempotencyKey, canonical_json, claim, fingerprint, kept_json, key_problem, replay,
+        respond,
+    },
     wait::PreferWait,
 };
 
@@ -33,24 +34,19 @@ pub struct SendMessage {
     message: Option<String>,
 }
 
-pub(crate) fn location(path: String) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&path) {
-        headers.insert(header::LOCATION, location);
-    }
-    headers
-}
-
 /// `POST /v1/users/{id}/messages`: 202 once the message is stored; the
-/// worker delivers it. With `Prefer: wait=N`, 200 once it is `sent` or
-/// `failed` within N seconds (see [`crate::wait`]).
+/// worker delivers it. With an `Idempotency-Key`, a repeat of the same
+/// request gets the first response and stores nothing. With
+/// `Prefer: wait=N`, 200 once it is `sent` or `failed` within N seconds
+/// (see [`crate::wait`]).
 pub async fn send(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
+    IdempotencyKey(key): IdempotencyKey,
     PreferWait(wait): PreferWait,
     JsonBody(body): JsonBody<SendMessage>,
-) -> ApiResult<(StatusCode, HeaderMap, Json<Accepted>)> {
+) -> ApiResult<Response> {
     let user = user_id(&user)?;
     let mut errors = ValidationErrors::default();
     let text = errors.require("message", body.message);
@@ -59,6 +55,22 @@ pub async fn send(
         return Err(ApiError::validation(errors));
     };
     let id = MessageId::generate();
+    let response = kept_json(
+        StatusCode::ACCEPTED,
+        Some(format!("/v1/messages/{id}")),
+        &Accepted {
+            message_id: id.to_string(),
+            message_status: MessageStatus::Queued.as_str(),
+        },
+    );
+    let key = key.map(|key| {
+        let print = fingerprint([
+            &b"POST /v1/users/{id}/messages"[..],
+            user.as_str().as_bytes(),
+            text.as_str().as_bytes(),
+        ]);
+        claim(account, Scope::Request, key, print, response.clone())
+    });
     let message = NewMessage {
         id,
         account,
@@ -67,18 +79,33 @@ pub async fn send(
     };
     // Before the commit, so that a delivery faster than our answer is not missed.
     let hold = state.waiters.hold(wait, JobKind::Message, id.0);
+    let intake = state.intake.take(account, 1).await?;
+    let kept_key = key.as_ref().map(|claim| claim.key.clone());
     // Committed with whatever else is being accepted now (one INSERT, one
     // commit), then handed to the dispatcher.
-    state.accepter.accept(NewJob::Message(message)).await?;
-    let answer = hold.answer().await;
-    Ok((
-        answer.status(),
-        answer.headers(location(format!("/v1/messages/{id}"))),
-        Json(Accepted {
-            message_id: id.to_string(),
-            message_status: answer.state.public(),
-        }),
-    ))
+    let stored = state
+        .accepter
+        .accept(Accept {
+            job: NewJob::Message(message),
+            key,
+        })
+        .await;
+    // Tokens pay for new rows only: a replay stores nothing.
+    let limit_headers = intake.keep(usize::from(matches!(stored, Ok(Stored::New))));
+    let location = format!("/v1/messages/{id}");
+    let mut answer = answer_seed_post(&state, stored?, hold, response, kept_key, |status, now| {
+        kept_json(
+            status,
+            Some(location),
+            &Accepted {
+                message_id: id.to_string(),
+                message_status: now.public(),
+            },
+        )
+    })
+    .await;
+    answer.headers_mut().extend(limit_headers);
+    Ok(answer)
 }
 
 #[derive(Debug, Deserialize)]
@@ -98,8 +125,15 @@ struct BatchItem {
 /// Most items in one `POST /v1/messages/batch`.
 pub const MAX_BATCH: usize = 1000;
 
-/// One batch item, checked as a lone send would be; its problem if not.
-fn batch_item(account: AccountId, item: serde_json::Value) -> ApiResult<NewMessage> {
+/// One batch item, checked as a lone send would be; the message and its
+/// key's claim (its own `idempotency_key`, else one derived from the
+/// batch's `Idempotency-Key` and the item's position), or its problem.
+fn batch_item(
+    account: AccountId,
+    batch_key: Option<&str>,
+    position: usize,
+    item: serde_json::Value,
+) -> ApiResult<Accept> {
     if !item.is_object() {
         return Err(ApiError::field("item", "must be a JSON object"));
     }
@@ -107,25 +141,52 @@ fn batch_item(account: AccountId, item: serde_json::Value) -> ApiResult<NewMessa
         let field = err.path().to_string();
         ApiError::unparsable(&field, err.into_inner().to_string())
     })?;
-    if item.idempotency_key.is_some() {
-        return Err(ApiError::field(
-            "idempotency_key",
-            "is not supported yet; send the item without it",
-        ));
-    }
     let mut errors = ValidationErrors::default();
     let user = errors.require("user_id", item.user_id);
     let user = user.and_then(|raw| errors.check(UserId::parse("user_id", &raw)));
     let text = errors.require("message", item.message);
     let text = text.and_then(|raw| errors.check(MessageBody::parse("message", &raw)));
+    let key = match item.idempotency_key {
+        Some(raw) => match key_problem(&raw) {
+            None => Some((Scope::Item, raw)),
+            Some(problem) => {
+                errors.push(FieldError::new("idempotency_key", problem));
+                None
+            }
+        },
+        None => batch_key.map(|key| (Scope::BatchItem, format!("{key}#{position}"))),
+    };
     let (Some(user), Some(text)) = (user, text) else {
         return Err(ApiError::validation(errors));
     };
-    Ok(NewMessage {
-        id: MessageId::generate(),
-        account,
-        user,
-        body: text,
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+    let id = MessageId::generate();
+    let key = key.map(|(scope, key)| {
+        let print = fingerprint([
+            &b"batch item"[..],
+            user.as_str().as_bytes(),
+            text.as_str().as_bytes(),
+        ]);
+        let response = kept_json(
+            StatusCode::ACCEPTED,
+            None,
+            &Accepted {
+                message_id: id.to_string(),
+                message_status: MessageStatus::Queued.as_str(),
+            },
+        );
+        claim(account, scope, key, print, response)
+    });
+    Ok(Accept {
+        job: NewJob::Message(NewMessage {
+            id,
+            account,
+            user,
+            body: text,
+        }),
+        key,
     })
 }
 
@@ -133,12 +194,21 @@ fn batch_item(account: AccountId, item: serde_json::Value) -> ApiResult<NewMessa
 /// item, in order. Valid items are accepted even when others are invalid
 /// or name users that do not exist; all are stored with the group commit
 /// (multi-row statements). 503 only if nothing could be stored because
-/// Postgres is away.
+/// Postgres is away. The intake limit counts the valid items: they all fit
+/// or the whole batch is 429 (see [`crate::limit`]); items that store
+/// nothing (replays, unknown users) give their tokens back.
+///
+/// Keys: an item's `idempotency_key` makes that item idempotent on its
+/// own (a repeat gets the item's first result); an `Idempotency-Key` header
+/// makes the whole batch so: a repeat gets the first response, and each
+/// item without a key of its own is keyed by the header's and its position,
+/// so a repeat after a lost answer stores none of them twice.
 pub async fn send_batch(
     State(state): State<AppState>,
     Account(account): Account,
+    IdempotencyKey(batch_key): IdempotencyKey,
     JsonBody(body): JsonBody<SendBatch>,
-) -> ApiResult<(StatusCode, Json<BatchResults>)> {
+) -> ApiResult<Response> {
     let items = body
         .messages
         .ok_or_else(|| ApiError::field("messages", "is required"))?;
@@ -148,32 +218,75 @@ pub async fn send_batch(
             format!("must have 1 to {MAX_BATCH} items, got {}", items.len()),
         ));
     }
+    let batch_claim = match &batch_key {
+        None => None,
+        Some(key) => {
+            let print = fingerprint([
+                &b"POST /v1/messages/batch"[..],
+                &canonical_json(&serde_json::Value::Array(items.clone())),
+            ]);
+            let claim = claim(
+                account,
+                Scope::Request,
+                key.clone(),
+                print,
+                kept_json(StatusCode::ACCEPTED, None, &()),
+            );
+            let first = state
+                .db
+                .run(async |client| key_store::lookup(client, &claim.key).await)
+                .await?;
+            if let Some(first) = first {
+                return Ok(respond(replay(HEADER, first, &claim.fingerprint)?, true));
+            }
+            Some(claim)
+        }
+    };
     let mut results: Vec<Option<BatchResult>> = Vec::with_capacity(items.len());
-    let mut jobs = Vec::new();
+    let mut accepts = Vec::new();
     let mut positions = Vec::new();
     for (position, item) in items.into_iter().enumerate() {
-        match batch_item(account, item) {
-            Ok(message) => {
+        match batch_item(account, batch_key.as_deref(), position, item) {
+            Ok(accept) => {
                 results.push(None);
-                positions.push((position, message.id));
-                jobs.push(NewJob::Message(message));
+                positions.push((position, accept.job.id()));
+                accepts.push(accept);
             }
             Err(err) => results.push(Some(BatchResult::Error {
                 error: err.problem_json(),
             })),
         }
     }
-    let answers = state.accepter.accept_many(jobs).await;
+    let intake = state.intake.take(account, accepts.len()).await?;
+    let answers = state.accepter.accept_many(accepts).await;
+    let limit_headers = intake.keep(
+        answers
+            .iter()
+            .filter(|a| matches!(a, Ok(Stored::New)))
+            .count(),
+    );
     let mut stored_any = false;
     let mut unavailable = None;
     for ((position, id), answer) in positions.into_iter().zip(answers) {
         results[position] = Some(match answer {
-            Ok(()) => {
+            Ok(Stored::New) => {
                 stored_any = true;
                 BatchResult::Accepted(Accepted {
                     message_id: id.to_string(),
                     message_status: MessageStatus::Queued.as_str(),
                 })
+            }
+            Ok(Stored::Replay(first)) => {
+                stored_any = true;
+                match serde_json::from_slice(&first.body) {
+                    Ok(result) => BatchResult::Replayed(result),
+                    Err(err) => {
+                        tracing::error!(error = %err, "a kept batch item result is not JSON");
+                        BatchResult::Error {
+                            error: ApiError::internal().problem_json(),
+                        }
+                    }
+                }
             }
             Err(err) => {
                 if err.status() == StatusCode::SERVICE_UNAVAILABLE {
@@ -185,15 +298,33 @@ pub async fn send_batch(
             }
         });
     }
-    if let (false, Some(err)) = (stored_any, unavailable) {
+    if let (false, Some(err)) = (stored_any, unavailable.clone()) {
         return Err(err);
     }
-    Ok((
+    let response = kept_json(
         StatusCode::ACCEPTED,
-        Json(BatchResults {
+        None,
+        &BatchResults {
             results: results.into_iter().flatten().collect(),
-        }),
-    ))
+        },
+    );
+    // The batch's key keeps its response once every item has its final
+    // answer; an item Postgres could not take would be a different answer
+    // on a repeat, so such a response is not kept (the items' own keys
+    // still make the repeat safe).
+    if let (Some(mut claim), None) = (batch_claim, unavailable) {
+        claim.response = response.clone();
+        let kept = state
+            .db
+            .run(async |client| key_store::claim_many(client, std::slice::from_ref(&claim)).await)
+            .await;
+        if let Err(err) = kept {
+            tracing::warn!(error = %err, "could not keep a batch's response under its key");
+        }
+    }
+    let mut response = respond(response, false);
+    response.headers_mut().extend(limit_headers);
+    Ok(response)
 }
 
 pub fn message_id(raw: &str) -> ApiResult<MessageId> {

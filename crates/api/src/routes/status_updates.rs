@@ -1,21 +1,21 @@
 //! Status updates: set a user's status (the seed endpoint), poll one.
 
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, StatusCode},
+use axum::{Json, extract::State, http::StatusCode, response::Response};
+use kurir_core::{JobKind, StatusText, StatusUpdateId, StatusUpdateState, ValidationErrors};
+use kurir_store::{
+    idempotency::Scope,
+    status_updates::{self, NewStatusUpdate},
 };
-use kurir_core::{JobKind, StatusText, StatusUpdateId, ValidationErrors};
-use kurir_store::status_updates::{self, NewStatusUpdate};
 use serde::Deserialize;
 
-use super::{messages::location, users::user_id};
+use super::{answer_seed_post, users::user_id};
 use crate::{
     AppState,
-    accept::NewJob,
+    accept::{Accept, NewJob},
     dto::{AttemptList, StatusAccepted, StatusUpdateJson},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
+    idempotency::{IdempotencyKey, claim, fingerprint, kept_json},
     wait::PreferWait,
 };
 
@@ -26,15 +26,18 @@ pub struct SetStatus {
 }
 
 /// `POST /v1/users/{id}/status`: 202 once stored; when the worker succeeds,
-/// the user's `status` becomes the new text. With `Prefer: wait=N`, 200
-/// once it is `success` or `failed` within N seconds (see [`crate::wait`]).
+/// the user's `status` becomes the new text. With an `Idempotency-Key`, a
+/// repeat of the same request gets the first response and stores nothing.
+/// With `Prefer: wait=N`, 200 once it is `success` or `failed` within N
+/// seconds (see [`crate::wait`]).
 pub async fn set(
     State(state): State<AppState>,
     Account(account): Account,
     Id(user): Id,
+    IdempotencyKey(key): IdempotencyKey,
     PreferWait(wait): PreferWait,
     JsonBody(body): JsonBody<SetStatus>,
-) -> ApiResult<(StatusCode, HeaderMap, Json<StatusAccepted>)> {
+) -> ApiResult<Response> {
     let user = user_id(&user)?;
     let mut errors = ValidationErrors::default();
     let text = errors.require("status", body.status);
@@ -43,6 +46,22 @@ pub async fn set(
         return Err(ApiError::validation(errors));
     };
     let id = StatusUpdateId::generate();
+    let response = kept_json(
+        StatusCode::ACCEPTED,
+        Some(format!("/v1/status-updates/{id}")),
+        &StatusAccepted {
+            status_update_id: id.to_string(),
+            status_update: StatusUpdateState::Queued.public(),
+        },
+    );
+    let key = key.map(|key| {
+        let print = fingerprint([
+            &b"POST /v1/users/{id}/status"[..],
+            user.as_str().as_bytes(),
+            text.as_str().as_bytes(),
+        ]);
+        claim(account, Scope::Request, key, print, response.clone())
+    });
     let update = NewStatusUpdate {
         id,
         account,
@@ -52,16 +71,28 @@ pub async fn set(
     // Before the commit, so that a delivery faster than our answer is not missed.
     let hold = state.waiters.hold(wait, JobKind::StatusUpdate, id.0);
     // Committed with whatever else is being accepted now.
-    state.accepter.accept(NewJob::StatusUpdate(update)).await?;
-    let answer = hold.answer().await;
-    Ok((
-        answer.status(),
-        answer.headers(location(format!("/v1/status-updates/{id}"))),
-        Json(StatusAccepted {
-            status_update_id: id.to_string(),
-            status_update: answer.state.public(),
-        }),
-    ))
+    let kept_key = key.as_ref().map(|claim| claim.key.clone());
+    let stored = state
+        .accepter
+        .accept(Accept {
+            job: NewJob::StatusUpdate(update),
+            key,
+        })
+        .await?;
+    let location = format!("/v1/status-updates/{id}");
+    Ok(
+        answer_seed_post(&state, stored, hold, response, kept_key, |status, now| {
+            kept_json(
+                status,
+                Some(location),
+                &StatusAccepted {
+                    status_update_id: id.to_string(),
+                    status_update: now.public(),
+                },
+            )
+        })
+        .await,
+    )
 }
 
 fn status_update_id(raw: &str) -> ApiResult<StatusUpdateId> {

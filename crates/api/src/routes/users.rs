@@ -1,12 +1,12 @@
 //! `/v1/users`: create, read, list.
 
-use axum::{
-    Json,
-    extract::State,
-    http::{HeaderMap, HeaderValue, StatusCode, header},
-};
+use axum::{Json, extract::State, http::StatusCode, response::Response};
 use kurir_core::{PhoneNumber, ProfileImage, StatusText, UserId, UserName, ValidationErrors};
-use kurir_store::{StoreError, users};
+use kurir_store::{
+    StoreError,
+    idempotency::{self as key_store, Scope},
+    users,
+};
 use serde::Deserialize;
 
 use crate::{
@@ -14,6 +14,7 @@ use crate::{
     dto::{Limit, UserJson, UserList, decode_cursor, encode_cursor},
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
+    idempotency::{HEADER, IdempotencyKey, Kept, claim, fingerprint, kept_json, replay, respond},
 };
 
 #[derive(Debug, Deserialize)]
@@ -27,6 +28,23 @@ pub struct CreateUser {
 }
 
 impl CreateUser {
+    /// The request's fingerprint for its idempotency key: every field as
+    /// given (absent and present apart).
+    fn fingerprint(&self) -> [u8; 32] {
+        let fields = [
+            &self.id,
+            &self.name,
+            &self.phone_number,
+            &self.profile_image,
+            &self.status,
+        ];
+        let given: Vec<&[u8]> = fields
+            .iter()
+            .map(|field| field.as_deref().map_or(&b"\0absent"[..], str::as_bytes))
+            .collect();
+        fingerprint(std::iter::once(&b"POST /v1/users"[..]).chain(given))
+    }
+
     fn parse(self) -> Result<users::NewUser, ApiError> {
         let mut errors = ValidationErrors::default();
         let id = match self.id {
@@ -64,37 +82,81 @@ impl CreateUser {
     }
 }
 
+/// `POST /v1/users`: 201 with the user. With an `Idempotency-Key`, the key
+/// is claimed in the transaction that inserts the user, so a repeat (or a
+/// concurrent twin) gets the first response and creates nothing.
 pub async fn create(
     State(state): State<AppState>,
     Account(account): Account,
+    IdempotencyKey(key): IdempotencyKey,
     JsonBody(body): JsonBody<CreateUser>,
-) -> ApiResult<(StatusCode, HeaderMap, Json<UserJson>)> {
+) -> ApiResult<Response> {
+    let print = body.fingerprint();
     let new_user = body.parse()?;
-    let result = state
+    let Some(key) = key else {
+        let user = state
+            .db
+            .run(async |client| users::insert(client, account, &new_user).await)
+            .await
+            .map_err(conflict)?;
+        return Ok(respond(created(user), false));
+    };
+    // The response is known once the user is: kept by the same transaction.
+    let mut claim = claim(account, Scope::Request, key, print, created_placeholder());
+    let outcome = state
         .db
-        .run(async |client| users::insert(client, account, &new_user).await)
-        .await;
-    let user = match result {
-        Ok(user) => user,
-        Err(StoreError::Conflict { constraint }) if constraint == "users_phone_number_key" => {
-            return Err(ApiError::conflict(
+        .transaction(async |tx: &kurir_store::Transaction<'_>| {
+            let held = key_store::claim_many(tx, std::slice::from_ref(&claim)).await?;
+            if !held.first().copied().unwrap_or(false) {
+                return Ok(Err(key_store::lookup(tx, &claim.key).await?));
+            }
+            let user = users::insert(tx, account, &new_user).await?;
+            claim.response = created(user);
+            key_store::set_response(tx, &claim.key, &claim.response).await?;
+            Ok(Ok(claim.response.clone()))
+        })
+        .await
+        .map_err(conflict)?;
+    match outcome {
+        Ok(response) => Ok(respond(response, false)),
+        Err(Some(first)) => Ok(respond(replay(HEADER, first, &print)?, true)),
+        Err(None) => Err(ApiError::conflict(
+            HEADER,
+            "a request with this key was being processed; send it again",
+        )),
+    }
+}
+
+/// The 201 answer for `user`.
+fn created(user: users::User) -> Kept {
+    let location = format!("/v1/users/{}", user.id);
+    kept_json(StatusCode::CREATED, Some(location), &UserJson::from(user))
+}
+
+/// What a claim keeps until the user is inserted (in the same transaction,
+/// so nobody ever reads it).
+fn created_placeholder() -> Kept {
+    Kept {
+        status: StatusCode::CREATED.as_u16(),
+        body: Vec::new(),
+        location: None,
+    }
+}
+
+/// A duplicate id or phone number as a 409 naming the field.
+fn conflict(err: StoreError) -> ApiError {
+    match err {
+        StoreError::Conflict { constraint } if constraint == "users_phone_number_key" => {
+            ApiError::conflict(
                 "phone_number",
                 "a user with this phone number exists already",
-            ));
+            )
         }
-        Err(StoreError::Conflict { .. }) => {
-            return Err(ApiError::conflict(
-                "id",
-                "a user with this id exists already",
-            ));
+        StoreError::Conflict { .. } => {
+            ApiError::conflict("id", "a user with this id exists already")
         }
-        Err(err) => return Err(err.into()),
-    };
-    let mut headers = HeaderMap::new();
-    if let Ok(location) = HeaderValue::from_str(&format!("/v1/users/{}", user.id)) {
-        headers.insert(header::LOCATION, location);
+        err => err.into(),
     }
-    Ok((StatusCode::CREATED, headers, Json(user.into())))
 }
 
 /// A path id that cannot be a user id names no user: 404, like any unknown id.
