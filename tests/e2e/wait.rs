@@ -194,6 +194,48 @@ async fn no_wait_zero_wait_or_a_garbled_one_answers_202_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_rows_a_request_waits_for_are_announced() {
+    let app = TestApp::spawn().await;
+    app.create_user("u1", "+6281200000001").await;
+    let config: tokio_postgres::Config = app.database_args.database_url.parse().unwrap();
+    let (listener, mut connection) = config.connect(tokio_postgres::NoTls).await.unwrap();
+    let (tx, mut heard) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(Ok(message)) = messages.next().await {
+            if let tokio_postgres::AsyncMessage::Notification(n) = message {
+                let _ = tx.send(n.payload().to_owned());
+            }
+        }
+    });
+    listener.batch_execute("LISTEN kurir_done").await.unwrap();
+
+    let unwaited = app.send("u1", "nobody waits").await;
+    app.message_with_status(&unwaited, "sent").await;
+    let response = send_waiting(&app, "u1", "wait=10").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let waited: Value = response.json().await.unwrap();
+    let waited = waited["message_id"].as_str().unwrap();
+
+    // Notifications come in commit order: all before the waited row's are in.
+    let mut payloads = Vec::new();
+    let found = tokio::time::timeout(DEADLINE, async {
+        while let Some(payload) = heard.recv().await {
+            let done = payload.contains(waited);
+            payloads.push(payload);
+            if done {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(found.is_ok(), "no notification for {waited}: {payloads:?}");
+    assert_eq!(payloads, vec![format!("message {waited}:sent")]);
+    drop(listener);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_waiting_requests_share_one_listener() {
     let app = app_with(|o| {
         o.sandbox.latency_ms = STUCK_MS;
@@ -323,4 +365,39 @@ async fn a_waiting_request_is_answered_at_shutdown() {
         .unwrap()
         .unwrap();
     assert!(stopping.elapsed() < Duration::from_secs(10));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_that_expires_while_waited_for_answers_200_failed() {
+    let mut app = app_with(|o| o.start_worker = false).await;
+    app.create_user("u1", "+6281200000001").await;
+    let started = Instant::now();
+    let request = app
+        .post("/v1/users/u1/messages", &json!({"message": "too late"}))
+        .header("Prefer", "wait=30");
+    let waiting = tokio::spawn(async move { request.send().await.unwrap() });
+    stored(&app, 1).await;
+    // As if it had waited out an outage past KURIR_RETRY_MAX_AGE (24 h):
+    // the worker fails it without calling the provider.
+    let client = app.pool.get().await.unwrap();
+    client
+        .execute(
+            "UPDATE messages SET created_at = now() - interval '25 hours'",
+            &[],
+        )
+        .await
+        .unwrap();
+    app.start_worker();
+
+    let response = waiting.await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["message_status"], "failed", "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    let message = app.message(body["message_id"].as_str().unwrap()).await;
+    assert_eq!(message["last_error"]["code"], "expired");
 }

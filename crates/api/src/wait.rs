@@ -7,10 +7,11 @@
 //!
 //! Waiting costs no polling. The API keeps one LISTEN connection
 //! ([`kurir_store::listen`]) on [`DONE_CHANNEL`], where workers announce the
-//! rows they finished, batch by batch; [`Waiters`] hands each announcement
-//! to the requests waiting in this process, however many there are. A
-//! request registers ([`Waiters::hold`]) before its row is committed, so a
-//! delivery faster than the answer is not missed. It reads its row once
+//! rows they finished that a request waits for (the row is stored `waited`),
+//! batch by batch; [`Waiters`] hands each announcement to the requests
+//! waiting in this process, however many there are. A request registers
+//! ([`Waiters::hold`]) before its row is committed, so a delivery faster
+//! than the answer is not missed. It reads its row once
 //! (and only then) when the listener may have missed its notification: when
 //! the listener (re)connects while it waits, when its time is up, and at
 //! shutdown, where it answers at once.
@@ -237,7 +238,7 @@ impl Waiters {
         match heard {
             Heard::Listening => self.inner.listening.send_modify(|n| *n += 1),
             Heard::Notification { channel, payload } if channel == DONE_CHANNEL => {
-                // Most finished rows are waited for by nobody.
+                // The rows may be waited for in another API process.
                 if self.is_empty() {
                     return;
                 }

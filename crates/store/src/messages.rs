@@ -71,6 +71,8 @@ pub struct NewMessage {
     pub account: AccountId,
     pub user: UserId,
     pub body: MessageBody,
+    /// A request waits for its outcome (`Prefer: wait`).
+    pub waited: bool,
 }
 
 /// Accepts many messages in one statement (one commit: the group commit of
@@ -82,9 +84,15 @@ pub async fn insert_many(
     messages: &[NewMessage],
     publishing: Publishing,
 ) -> Result<Vec<Publishable>> {
-    let rows = messages
-        .iter()
-        .map(|m| (m.id.0, m.account, m.user.as_str(), m.body.as_str()));
+    let rows = messages.iter().map(|m| {
+        (
+            m.id.0,
+            m.account,
+            m.user.as_str(),
+            m.body.as_str(),
+            m.waited,
+        )
+    });
     insert_accepted(client, JobKind::Message, rows, publishing).await
 }
 

@@ -13,10 +13,10 @@
 //!   retry deadline (failed with no provider call, so no attempt);
 //!   [`requeue_expired`] gives back rows whose worker died;
 //! - reading the history: [`attempts_for`], scoped to an account;
-//! - telling who waits: every statement that takes rows to a final state
-//!   ([`record_many`], [`expire`]) NOTIFYs [`DONE_CHANNEL`] naming them and
-//!   their state ([`done_rows`] reads it back); [`state_of`] reads one row's
-//!   state, for a waiter that may have missed its notification.
+//! - telling who waits: every statement that takes rows a request waits for
+//!   to a final state ([`record_many`], [`expire`]) NOTIFYs [`DONE_CHANNEL`]
+//!   naming them and their state ([`done_rows`] reads it back); [`state_of`]
+//!   reads one row's state, for a waiter that may have missed its notification.
 //!
 //! `attempts` fences stale writers: an outcome is recorded only if the row is
 //! still `sending` at the attempt the writer claimed, and a publish is marked
@@ -38,10 +38,11 @@ use crate::{GenericClient, Result, corrupt};
 pub const RELAY_CHANNEL: &str = "kurir_relay";
 
 /// The channel that hears of rows reaching a final state (a message `sent`
-/// or `failed`, a status update `success` or `failed`): one NOTIFY per
-/// statement that finished them (more for a large one, [`DONE_PER_NOTIFY`]
-/// rows each), committed with it. Its payload is the kind, then
-/// `id:state` for each row, separated by spaces:
+/// or `failed`, a status update `success` or `failed`), of the rows a
+/// request waits for (stored `waited`, see [`insert_accepted`]) only: one
+/// NOTIFY per statement that finished any (more for a large one,
+/// [`DONE_PER_NOTIFY`] rows each), committed with it. Its payload is the
+/// kind, then `id:state` for each row, separated by spaces:
 /// `message 0190…:sent 0190…:failed`. [`done_rows`] reads it.
 pub const DONE_CHANNEL: &str = "kurir_done";
 
@@ -51,15 +52,16 @@ pub const DONE_CHANNEL: &str = "kurir_done";
 pub const DONE_PER_NOTIFY: usize = 150;
 
 /// A CTE `notified` that NOTIFYs [`DONE_CHANNEL`] of the rows of CTE
-/// `source` (with columns `id` and `state`, the row's new state) that are
-/// final now, [`DONE_PER_NOTIFY`] to a notification. The statement must
-/// read `notified` (a CTE nobody reads is not run).
+/// `source` (with columns `id`, `state`, the row's new state, and `waited`)
+/// that are final now and waited for, [`DONE_PER_NOTIFY`] to a
+/// notification; a statement that finished no such row notifies nothing.
+/// The statement must read `notified` (a CTE nobody reads is not run).
 fn notify_done(kind: JobKind, source: &str) -> String {
     format!(
         "notified AS (
              SELECT pg_notify('{DONE_CHANNEL}', '{kind} ' || string_agg(f.id::text || ':' || f.state, ' '))
              FROM (SELECT id, state, (row_number() OVER () - 1) / {DONE_PER_NOTIFY} AS chunk
-                   FROM {source} WHERE state <> 'queued') f
+                   FROM {source} WHERE waited AND state <> 'queued') f
              GROUP BY f.chunk)"
     )
 }
@@ -166,26 +168,32 @@ impl Publishing {
     }
 }
 
-/// The accept shared by both kinds: one multi-row INSERT of `(id, account,
-/// user, text)` rows (the text is a message's body or a status update's
-/// status), stored as `publishing` says; a row whose user does not exist in
-/// its account is not stored. Returns what is to be published of those
-/// stored, and wakes the relays if they are to publish them.
+/// One row for [`insert_accepted`]: id, account, user, text (a message's
+/// body or a status update's status), and whether a request waits for its
+/// outcome (then its final state is NOTIFYed on [`DONE_CHANNEL`]).
+pub(crate) type AcceptedRow<'a> = (Uuid, AccountId, &'a str, &'a str, bool);
+
+/// The accept shared by both kinds: one multi-row INSERT of
+/// [`AcceptedRow`]s, stored as `publishing` says; a row whose user does not
+/// exist in its account is not stored. Returns what is to be published of
+/// those stored, and wakes the relays if they are to publish them.
 pub(crate) async fn insert_accepted<'a>(
     client: &impl GenericClient,
     kind: JobKind,
-    rows: impl Iterator<Item = (Uuid, AccountId, &'a str, &'a str)>,
+    rows: impl Iterator<Item = AcceptedRow<'a>>,
     publishing: Publishing,
 ) -> Result<Vec<Publishable>> {
     let mut ids = Vec::new();
     let mut accounts = Vec::new();
     let mut users = Vec::new();
     let mut texts = Vec::new();
-    for (id, account, user, text) in rows {
+    let mut waited = Vec::new();
+    for (id, account, user, text, waits) in rows {
         ids.push(id);
         accounts.push(account.0);
         users.push(user);
         texts.push(text);
+        waited.push(waits);
     }
     if ids.is_empty() {
         return Ok(Vec::new());
@@ -197,10 +205,10 @@ pub(crate) async fn insert_accepted<'a>(
     };
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at)
-             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END
-             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[])
-                  AS n(id, account_id, user_id, text)
+            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at, waited)
+             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END, n.waited
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $6::bool[])
+                  AS n(id, account_id, user_id, text, waited)
              JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
              RETURNING id, account_id"
         ))
@@ -208,7 +216,14 @@ pub(crate) async fn insert_accepted<'a>(
     let stored = client
         .query(
             &statement,
-            &[&ids, &accounts, &users, &texts, &publishing.published()],
+            &[
+                &ids,
+                &accounts,
+                &users,
+                &texts,
+                &publishing.published(),
+                &waited,
+            ],
         )
         .await?;
     if publishing == Publishing::ByRelay && !stored.is_empty() {
@@ -541,8 +556,8 @@ pub enum Recorded {
 
 /// Records attempts and what each decided, for many rows of `kind` in one
 /// statement (one round trip, one commit, atomic): each row's new state, and
-/// its `delivery_attempts` entry; the rows that are final now are NOTIFYed
-/// on [`DONE_CHANNEL`]. Answers one [`Recorded`] per item, in order.
+/// its `delivery_attempts` entry; the rows that are final now and waited
+/// for are NOTIFYed on [`DONE_CHANNEL`]. Answers one [`Recorded`] per item, in order.
 ///
 /// Fences: a final outcome still counts if the row was re-queued after our
 /// lease expired (Postgres was away longer than the lease) but nobody claimed
@@ -628,8 +643,10 @@ fn record_sql(kind: JobKind) -> String {
         ),
     };
     let returning = match kind {
-        JobKind::Message => "t.id, t.state",
-        JobKind::StatusUpdate => "t.id, t.state, t.account_id, t.user_id, t.status, t.created_at",
+        JobKind::Message => "t.id, t.state, t.waited",
+        JobKind::StatusUpdate => {
+            "t.id, t.state, t.waited, t.account_id, t.user_id, t.status, t.created_at"
+        }
     };
     let notified = notify_done(kind, "done");
     format!(
@@ -757,7 +774,7 @@ pub async fn expire(
              UPDATE {t} SET state = 'failed', {finished} = now(), last_error = $3,
                             attempts = attempts - 1, updated_at = now(), lease_until = NULL
              WHERE id = $1 AND state = 'sending' AND attempts = $2
-             RETURNING id, state),
+             RETURNING id, state, waited),
          {notified}
          SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM notified)"
     );

@@ -57,6 +57,8 @@ pub struct NewStatusUpdate {
     pub account: AccountId,
     pub user: UserId,
     pub status: StatusText,
+    /// A request waits for its outcome (`Prefer: wait`).
+    pub waited: bool,
 }
 
 /// Accepts many status updates in one statement, as
@@ -68,9 +70,15 @@ pub async fn insert_many(
     updates: &[NewStatusUpdate],
     publishing: Publishing,
 ) -> Result<Vec<Publishable>> {
-    let rows = updates
-        .iter()
-        .map(|u| (u.id.0, u.account, u.user.as_str(), u.status.as_str()));
+    let rows = updates.iter().map(|u| {
+        (
+            u.id.0,
+            u.account,
+            u.user.as_str(),
+            u.status.as_str(),
+            u.waited,
+        )
+    });
     insert_accepted(client, JobKind::StatusUpdate, rows, publishing).await
 }
 

@@ -76,6 +76,7 @@ pub async fn send(
         account,
         user,
         body: text,
+        waited: wait.is_some(),
     };
     // Before the commit, so that a delivery faster than our answer is not missed.
     let hold = state.waiters.hold(wait, JobKind::Message, id.0);
@@ -185,6 +186,7 @@ fn batch_item(
             account,
             user,
             body: text,
+            waited: false,
         }),
         key,
     })

@@ -67,6 +67,7 @@ pub async fn set(
         account,
         user,
         status: text,
+        waited: wait.is_some(),
     };
     // Before the commit, so that a delivery faster than our answer is not missed.
     let hold = state.waiters.hold(wait, JobKind::StatusUpdate, id.0);
