@@ -34,7 +34,9 @@ use tracing::{error, info, warn};
 
 pub use config::{Config, ConfigError, DEFAULT_ADDR, DEFAULT_RECEIPT_DELAY_MS, Knobs};
 pub use meta::codes;
-pub use receipts::{SANDBOX_DISPLAY_PHONE_NUMBER, SANDBOX_WABA_ID, SIGNATURE_HEADER, signature};
+pub use receipts::{
+    SANDBOX_DISPLAY_PHONE_NUMBER, SANDBOX_WABA_ID, SIGNATURE_HEADER, business_scoped_id, signature,
+};
 pub use record::{RecordedRequest, RequestKind};
 pub use state::{MAGIC_FLAKY, MAGIC_UNDELIVERABLE};
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
@@ -45,19 +45,45 @@ pub(crate) struct Accepted {
     pub callback_data: Option<String>,
 }
 
-/// The webhook body for one status of one message.
+/// The business-scoped user id (BSUID) the sandbox gives the user with
+/// WhatsApp id `wa_id`: like Meta's, a country code, a dot and digits, and
+/// the same for the same user every time.
+pub fn business_scoped_id(wa_id: &str) -> String {
+    let digest = Sha256::digest(format!("kurir-sandbox-user:{wa_id}").as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    format!("US.{:020}", u64::from_be_bytes(bytes))
+}
+
+/// The webhook body for one status of one message, as Meta sends it since
+/// April 2026: `metadata`, a `contacts` array with the user's `wa_id` and
+/// business-scoped `user_id`, and the status with `recipient_id`,
+/// `recipient_user_id` and (for `sent`/`delivered`) per-message `pricing`;
+/// no `conversation` (gone with per-message pricing) and no `profile`
+/// (real status notifications carry none).
 pub(crate) fn status_webhook(accepted: &Accepted, status: &str, unix_secs: i64) -> Value {
+    let user_id = business_scoped_id(&accepted.recipient_id);
     let mut entry = json!({
         "id": accepted.wamid,
         "status": status,
         "timestamp": unix_secs.to_string(),
         "recipient_id": accepted.recipient_id,
+        "recipient_user_id": user_id,
     });
-    if let (Some(data), Some(obj)) = (&accepted.callback_data, entry.as_object_mut()) {
-        obj.insert(
-            "biz_opaque_callback_data".into(),
-            Value::String(data.clone()),
-        );
+    if let Some(obj) = entry.as_object_mut() {
+        if let Some(data) = &accepted.callback_data {
+            obj.insert(
+                "biz_opaque_callback_data".into(),
+                Value::String(data.clone()),
+            );
+        }
+        if status != "read" {
+            obj.insert(
+                "pricing".into(),
+                json!({"billable": true, "pricing_model": "PMP",
+                       "category": "utility", "type": "regular"}),
+            );
+        }
     }
     json!({
         "object": "whatsapp_business_account",
@@ -71,6 +97,7 @@ pub(crate) fn status_webhook(accepted: &Accepted, status: &str, unix_secs: i64) 
                         "display_phone_number": SANDBOX_DISPLAY_PHONE_NUMBER,
                         "phone_number_id": accepted.phone_number_id,
                     },
+                    "contacts": [{"wa_id": accepted.recipient_id, "user_id": user_id}],
                     "statuses": [entry],
                 },
             }],
@@ -208,11 +235,27 @@ mod tests {
         assert_eq!(status["status"], "read");
         assert_eq!(status["timestamp"], "1700000000");
         assert_eq!(status["biz_opaque_callback_data"], "msg-1");
+        assert_eq!(status["recipient_id"], "62123");
+        let user_id = business_scoped_id("62123");
+        assert!(
+            user_id.starts_with("US.") && user_id.len() == 23,
+            "{user_id}"
+        );
+        assert_eq!(status["recipient_user_id"], user_id.as_str());
+        assert!(status.get("pricing").is_none(), "read carries no pricing");
+        let contacts = &v["entry"][0]["changes"][0]["value"]["contacts"];
+        assert_eq!(contacts, &json!([{"wa_id": "62123", "user_id": user_id}]));
+        assert_eq!(business_scoped_id("62123"), user_id, "stable per user");
+        assert_ne!(business_scoped_id("62124"), user_id);
         let none = Accepted {
             callback_data: None,
             ..accepted
         };
         let v = status_webhook(&none, "delivered", 1);
+        assert_eq!(
+            v["entry"][0]["changes"][0]["value"]["statuses"][0]["pricing"]["pricing_model"],
+            "PMP"
+        );
         assert!(
             v["entry"][0]["changes"][0]["value"]["statuses"][0]
                 .get("biz_opaque_callback_data")
