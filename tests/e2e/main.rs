@@ -14,6 +14,7 @@ mod operations;
 mod pipeline;
 mod process;
 mod proxy;
+mod receipts;
 mod recovery;
 mod restarts;
 mod seed;

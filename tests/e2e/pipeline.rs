@@ -61,7 +61,7 @@ async fn one_grouped_record_gives_each_row_its_own_outcome() {
         .map(|id| uuid(id))
         .collect();
     let client = app.pool.get().await.unwrap();
-    let claimed = pipeline::claim_messages(&client, &ids, LEASE)
+    let claimed = pipeline::claim_messages(&client, &ids, LEASE, None)
         .await
         .unwrap();
     assert_eq!(claimed.len(), 4);

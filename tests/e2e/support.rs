@@ -210,9 +210,19 @@ pub struct Options {
     pub worker_concurrency: u16,
     /// The worker's `KURIR_SHUTDOWN_GRACE`.
     pub shutdown_grace: Duration,
-    /// The API's own settings (body limit, client timeouts).
+    /// The API's own settings (body limit, client timeouts). The receipts
+    /// webhook's secrets default to [`APP_SECRET`] and [`VERIFY_TOKEN`].
     pub api: ApiArgs,
+    /// The sandbox posts signed receipts to the API's webhook.
+    pub receipts: bool,
 }
+
+/// The Meta app secret the tests' API verifies receipts with.
+pub const APP_SECRET: &str = "test-app-secret";
+/// The tests' `KURIR_WHATSAPP_VERIFY_TOKEN`.
+pub const VERIFY_TOKEN: &str = "test-verify-token";
+/// The phone number id the tests' worker sends from.
+pub const PHONE_NUMBER_ID: &str = "1234567890";
 
 impl Default for Options {
     fn default() -> Self {
@@ -237,6 +247,7 @@ impl Default for Options {
             worker_concurrency: 8,
             shutdown_grace: Duration::from_secs(5),
             api: config::defaults(),
+            receipts: false,
         }
     }
 }
@@ -275,7 +286,17 @@ impl TestApp {
         let database = create_database(options.postgres.as_deref()).await;
         let prefix = unique("kt");
         let shutdown = CancellationToken::new();
-        let sandbox = kurir_sandbox::start(options.sandbox.clone())
+        // The API's address first: the sandbox posts receipts to it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = format!("http://{}", listener.local_addr().expect("address"));
+        let mut sandbox_config = options.sandbox.clone();
+        if options.receipts {
+            sandbox_config.receipts_url = Some(format!("{address}/v1/webhooks/whatsapp"));
+            sandbox_config.app_secret = Some(APP_SECRET.into());
+        }
+        let sandbox = kurir_sandbox::start(sandbox_config)
             .await
             .expect("start the sandbox");
 
@@ -321,11 +342,18 @@ impl TestApp {
         if let Some(proxy) = &api_postgres {
             api_database.database_url = proxy.url(&api_database.database_url);
         }
+        let mut api = options.api.clone();
+        api.receipts
+            .whatsapp_app_secret
+            .get_or_insert_with(|| APP_SECRET.into());
+        api.receipts
+            .whatsapp_verify_token
+            .get_or_insert_with(|| VERIFY_TOKEN.into());
         let api_config = kurir_api::Config {
             database: api_database,
             bus: api_bus,
             pipeline: pipeline.clone(),
-            api: options.api.clone(),
+            api,
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
         // Tests start from a connected API, so what they see does not depend
@@ -339,10 +367,6 @@ impl TestApp {
                 "the API's publisher did not connect to RabbitMQ within 10s"
             );
         }
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let address = format!("http://{}", listener.local_addr().expect("address"));
         tokio::spawn(kurir_api::serve(state, listener, shutdown.clone()));
 
         let pool = kurir_store::pool(&database_args).expect("pool");
@@ -377,7 +401,7 @@ impl TestApp {
         provider.provider = ProviderKind::Whatsapp;
         provider.whatsapp_base_url = self.sandbox.base_url();
         provider.whatsapp_token = Some("test-token".into());
-        provider.whatsapp_phone_number_id = Some("1234567890".into());
+        provider.whatsapp_phone_number_id = Some(PHONE_NUMBER_ID.into());
         provider.provider_timeout = Duration::from_secs(2);
         let mut worker: WorkerArgs = config::defaults();
         worker.worker_concurrency = self.options.worker_concurrency;
@@ -512,7 +536,7 @@ impl TestApp {
             ("KURIR_PROVIDER", "whatsapp".into()),
             ("KURIR_WHATSAPP_BASE_URL", self.sandbox.base_url()),
             ("KURIR_WHATSAPP_TOKEN", "test-token".into()),
-            ("KURIR_WHATSAPP_PHONE_NUMBER_ID", "1234567890".into()),
+            ("KURIR_WHATSAPP_PHONE_NUMBER_ID", PHONE_NUMBER_ID.into()),
             ("KURIR_PROVIDER_TIMEOUT", "2s".into()),
             ("KURIR_WORKER_METRICS_ADDR", "127.0.0.1:0".into()),
             ("KURIR_RELAY_INTERVAL", "200ms".into()),

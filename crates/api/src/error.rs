@@ -145,6 +145,12 @@ impl ApiError {
         )
     }
 
+    /// 403: the caller proved who it is, and that is not allowed (a
+    /// webhook handshake with the wrong verify token).
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", "Forbidden", detail)
+    }
+
     /// 404, also for another account's ids: existence is never revealed.
     pub fn not_found(what: &str) -> Self {
         Self::new(

@@ -96,31 +96,37 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
         if !is_json(request.headers()) {
             return Err(ApiError::unsupported_media_type());
         }
-        // The limit on the read below bites only once that many bytes have
-        // arrived; a client that announced more would wait for an answer
-        // while it sends them. Refuse it before reading any.
-        if announced_length(request.headers()).is_some_and(|len| len > state.max_body_bytes) {
-            return Err(ApiError::payload_too_large(state.max_body_bytes));
-        }
-        let deadline = state.timeouts.body;
-        let read = tokio::time::timeout(deadline, Bytes::from_request(request, state));
-        let bytes = read
-            .await
-            .map_err(|_| {
-                ApiError::request_timeout(format!(
-                    "the request body did not arrive within {}",
-                    humantime::format_duration(deadline)
-                ))
-            })?
-            .map_err(|rejection| {
-                if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::payload_too_large(state.max_body_bytes)
-                } else {
-                    ApiError::bad_request("the request body could not be read")
-                }
-            })?;
+        let bytes = read_body(request, state, state.max_body_bytes).await?;
         parse_json(&bytes).map(JsonBody)
     }
+}
+
+/// Reads a whole request body of at most `limit` bytes (413 past it)
+/// within the body deadline (408 past it). The route's `DefaultBodyLimit`
+/// must allow `limit`.
+pub(crate) async fn read_body(request: Request, state: &AppState, limit: u64) -> ApiResult<Bytes> {
+    // The limit on the read below bites only once that many bytes have
+    // arrived; a client that announced more would wait for an answer
+    // while it sends them. Refuse it before reading any.
+    if announced_length(request.headers()).is_some_and(|len| len > limit) {
+        return Err(ApiError::payload_too_large(limit));
+    }
+    let deadline = state.timeouts.body;
+    let read = tokio::time::timeout(deadline, Bytes::from_request(request, state));
+    read.await
+        .map_err(|_| {
+            ApiError::request_timeout(format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(deadline)
+            ))
+        })?
+        .map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::payload_too_large(limit)
+            } else {
+                ApiError::bad_request("the request body could not be read")
+            }
+        })
 }
 
 /// Query parameters, parsed the way bodies are ([`parse_query`]): a repeated,

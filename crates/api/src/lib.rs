@@ -18,6 +18,7 @@ pub mod ops;
 pub mod routes;
 pub mod server;
 pub mod wait;
+pub mod whatsapp;
 
 use std::time::Duration;
 
@@ -76,6 +77,8 @@ pub struct AppState {
     /// Requests holding their answer for `Prefer: wait`, and the one
     /// listener that wakes them.
     pub waiters: wait::Waiters,
+    /// The WhatsApp receipts webhook's secrets and counts.
+    pub whatsapp: std::sync::Arc<routes::webhooks::WhatsAppWebhook>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -118,6 +121,7 @@ impl AppState {
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
             intake: limit::Intake::new(db, config.api.intake.limit()),
             waiters,
+            whatsapp: routes::webhooks::WhatsAppWebhook::new(&config.api.receipts),
         })
     }
 
@@ -154,6 +158,15 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/status-updates/{id}/attempts",
             get(routes::status_updates::attempts),
+        )
+        .route(
+            "/webhooks/whatsapp",
+            get(routes::webhooks::handshake)
+                .post(routes::webhooks::receive)
+                .layer(DefaultBodyLimit::max(
+                    usize::try_from(routes::webhooks::MAX_BODY_BYTES.max(state.max_body_bytes))
+                        .unwrap_or(usize::MAX),
+                )),
         )
         .with_state(state.clone());
     let body_limit = usize::try_from(state.max_body_bytes).unwrap_or(usize::MAX);

@@ -206,6 +206,23 @@ pub struct ApiArgs {
 
     #[command(flatten)]
     pub intake: IntakeArgs,
+
+    #[command(flatten)]
+    pub receipts: ReceiptArgs,
+}
+
+/// The receipts webhook, `/v1/webhooks/whatsapp` (README, "Receipts").
+#[derive(Debug, Clone, Args)]
+pub struct ReceiptArgs {
+    /// The Meta app's secret: every receipt POST must carry its
+    /// `X-Hub-Signature-256` (HMAC-SHA256 of the body). Unset: every POST is 401.
+    #[arg(long, env = "KURIR_WHATSAPP_APP_SECRET", hide_env_values = true)]
+    pub whatsapp_app_secret: Option<String>,
+
+    /// The token Meta's webhook set-up sends as `hub.verify_token`; the
+    /// handshake answers `hub.challenge` only for it. Unset: every handshake is 403.
+    #[arg(long, env = "KURIR_WHATSAPP_VERIFY_TOKEN", hide_env_values = true)]
+    pub whatsapp_verify_token: Option<String>,
 }
 
 /// The default per-account intake limit (an account's own, set with

@@ -18,6 +18,7 @@ pub mod listen;
 pub mod messages;
 pub mod migrate;
 pub mod pipeline;
+pub mod receipts;
 pub mod status_updates;
 pub mod users;
 

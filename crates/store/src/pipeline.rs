@@ -56,7 +56,7 @@ pub const DONE_PER_NOTIFY: usize = 150;
 /// that are final now and waited for, [`DONE_PER_NOTIFY`] to a
 /// notification; a statement that finished no such row notifies nothing.
 /// The statement must read `notified` (a CTE nobody reads is not run).
-fn notify_done(kind: JobKind, source: &str) -> String {
+pub(crate) fn notify_done(kind: JobKind, source: &str) -> String {
     format!(
         "notified AS (
              SELECT pg_notify('{DONE_CHANNEL}', '{kind} ' || string_agg(f.id::text || ':' || f.state, ' '))
@@ -457,9 +457,15 @@ pub struct ClaimedStatusUpdate {
 
 fn claim_sql(kind: JobKind, payload: &str) -> String {
     let t = table(kind);
+    // A message records the number it goes out from ($3), which scopes the
+    // receipts that may touch it (crate::receipts).
+    let sender = match kind {
+        JobKind::Message => "sender_id = $3,",
+        JobKind::StatusUpdate => "",
+    };
     format!(
         "UPDATE {t} AS j
-         SET state = 'sending', attempts = j.attempts + 1,
+         SET state = 'sending', attempts = j.attempts + 1, {sender}
              lease_until = now() + make_interval(secs => $2),
              publish_lease_until = NULL, updated_at = now()
          FROM users u
@@ -477,22 +483,30 @@ async fn claim_rows(
     payload: &str,
     ids: &[Uuid],
     lease: Duration,
+    sender: Option<&str>,
 ) -> Result<Vec<tokio_postgres::Row>> {
     let statement = client.prepare_cached(&claim_sql(kind, payload)).await?;
-    Ok(client.query(&statement, &[&ids, &secs(lease)]).await?)
+    let lease = secs(lease);
+    Ok(match kind {
+        JobKind::Message => client.query(&statement, &[&ids, &lease, &sender]).await?,
+        JobKind::StatusUpdate => client.query(&statement, &[&ids, &lease]).await?,
+    })
 }
 
 /// Takes messages for delivery, in one statement for many envelopes at once:
 /// `queued` and due → `sending`, attempts + 1, leased. An id missing from
 /// the answer is not claimable (delivered already, not due yet, or another
-/// worker holds it): its broker copy is a harmless duplicate.
+/// worker holds it): its broker copy is a harmless duplicate. `sender` is
+/// the WhatsApp phone number id the attempt goes out from (`None` for a
+/// provider that is not WhatsApp); receipts match it.
 #[instrument(skip_all, fields(count = ids.len()))]
 pub async fn claim_messages(
     client: &impl GenericClient,
     ids: &[Uuid],
     lease: Duration,
+    sender: Option<&str>,
 ) -> Result<Vec<ClaimedMessage>> {
-    let rows = claim_rows(client, JobKind::Message, "j.body", ids, lease).await?;
+    let rows = claim_rows(client, JobKind::Message, "j.body", ids, lease, sender).await?;
     Ok(rows
         .iter()
         .map(|row| ClaimedMessage {
@@ -514,7 +528,7 @@ pub async fn claim_status_updates(
     ids: &[Uuid],
     lease: Duration,
 ) -> Result<Vec<ClaimedStatusUpdate>> {
-    let rows = claim_rows(client, JobKind::StatusUpdate, "j.status", ids, lease).await?;
+    let rows = claim_rows(client, JobKind::StatusUpdate, "j.status", ids, lease, None).await?;
     Ok(rows
         .iter()
         .map(|row| ClaimedStatusUpdate {
@@ -787,7 +801,7 @@ pub async fn expire(
 }
 
 /// Text from a provider, made storable: Postgres refuses NUL in text and jsonb.
-fn pg_text(raw: &str) -> String {
+pub(crate) fn pg_text(raw: &str) -> String {
     raw.replace('\0', "")
 }
 

@@ -6,7 +6,7 @@
 //! alone; a failed statement answers its error (shared: an outage stays an
 //! outage) to each.
 
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use kurir_core::{
     JobKind,
@@ -48,10 +48,12 @@ impl std::fmt::Debug for Groups {
 }
 
 impl Groups {
-    pub(crate) fn start(db: Db, lease: Duration, tasks: &Tasks) -> Self {
+    /// `sender`: the WhatsApp phone number id claimed messages go out from
+    /// ([`crate::provider::Provider::sender`]).
+    pub(crate) fn start(db: Db, lease: Duration, sender: Option<Arc<str>>, tasks: &Tasks) -> Self {
         let claims = Grouped::start(BATCH, IN_FLIGHT, tasks, {
             let db = db.clone();
-            move |group| claim(db.clone(), lease, group)
+            move |group| claim(db.clone(), lease, sender.clone(), group)
         });
         let records = Grouped::start(BATCH, IN_FLIGHT, tasks, move |group| {
             record(db.clone(), group)
@@ -92,7 +94,12 @@ fn answer_all<T, A>(
     }
 }
 
-async fn claim(db: Db, lease: Duration, group: Vec<Asked<(JobKind, Uuid), Claim>>) {
+async fn claim(
+    db: Db,
+    lease: Duration,
+    sender: Option<Arc<str>>,
+    group: Vec<Asked<(JobKind, Uuid), Claim>>,
+) {
     let (messages, updates): (Vec<_>, Vec<_>) = group
         .into_iter()
         .partition(|((kind, _), _)| *kind == JobKind::Message);
@@ -107,11 +114,13 @@ async fn claim(db: Db, lease: Duration, group: Vec<Asked<(JobKind, Uuid), Claim>
         let claimed = db
             .run(async |client| {
                 Ok(match kind {
-                    JobKind::Message => pipeline::claim_messages(client, &ids, lease)
-                        .await?
-                        .into_iter()
-                        .map(|m| (m.id.0, Claimed::Message(m)))
-                        .collect::<HashMap<_, _>>(),
+                    JobKind::Message => {
+                        pipeline::claim_messages(client, &ids, lease, sender.as_deref())
+                            .await?
+                            .into_iter()
+                            .map(|m| (m.id.0, Claimed::Message(m)))
+                            .collect::<HashMap<_, _>>()
+                    }
                     JobKind::StatusUpdate => pipeline::claim_status_updates(client, &ids, lease)
                         .await?
                         .into_iter()

@@ -139,6 +139,7 @@ impl Worker {
             shutdown.clone(),
         ));
 
+        let sender = provider.sender().map(Arc::from);
         let deliverer = Arc::new(Deliverer {
             db: db.clone(),
             provider,
@@ -146,7 +147,7 @@ impl Worker {
             retry: RetryPolicy::from(&config.retry),
             lease: config.worker.delivery_lease,
             provider_timeout: config.provider.provider_timeout,
-            groups: group::Groups::start(db.clone(), config.worker.delivery_lease, &tasks),
+            groups: group::Groups::start(db.clone(), config.worker.delivery_lease, sender, &tasks),
         });
         let (consuming_sender, consuming) = watch::channel(Err("not consuming yet".to_owned()));
         tasks.spawn(kurir_bus::report_broker(

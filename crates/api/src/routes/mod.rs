@@ -3,6 +3,7 @@
 pub mod messages;
 pub mod status_updates;
 pub mod users;
+pub mod webhooks;
 
 use axum::{http::HeaderMap, response::Response};
 use kurir_core::JobState;

@@ -79,6 +79,12 @@ pub trait Provider: Send + Sync + 'static {
     /// A short name for logs and attempt records: `log`, `whatsapp`, `webhook`.
     fn name(&self) -> &'static str;
 
+    /// The WhatsApp phone number id messages go out from, which receipts
+    /// name; `None` for a provider that is not WhatsApp (it gets none).
+    fn sender(&self) -> Option<&str> {
+        None
+    }
+
     /// One attempt to deliver a text message.
     async fn send_message(&self, message: &ClaimedMessage) -> Outcome;
 

@@ -33,6 +33,8 @@ pub struct WhatsAppProvider {
     client: Client,
     /// `Bearer <token>`, marked sensitive so it is never printed.
     authorization: HeaderValue,
+    /// The sending number's id, which receipts name.
+    phone_number_id: String,
     /// `{base}/{phone_number_id}/messages`
     messages_url: Url,
     /// `{base}/{phone_number_id}/whatsapp_business_profile`
@@ -86,6 +88,7 @@ impl WhatsAppProvider {
 
         Ok(Self {
             client: http::client(args.provider_timeout)?,
+            phone_number_id: phone_number_id.to_owned(),
             authorization,
             messages_url: endpoint("messages")?,
             profile_url: endpoint("whatsapp_business_profile")?,
@@ -119,6 +122,10 @@ impl WhatsAppProvider {
 impl Provider for WhatsAppProvider {
     fn name(&self) -> &'static str {
         "whatsapp"
+    }
+
+    fn sender(&self) -> Option<&str> {
+        Some(&self.phone_number_id)
     }
 
     async fn send_message(&self, message: &ClaimedMessage) -> Outcome {

@@ -1,0 +1,258 @@
+//! `/v1/webhooks/whatsapp`: Meta's webhook for the WhatsApp Cloud API.
+//!
+//! - `GET` is the subscription handshake: `hub.mode=subscribe` with the
+//!   right `hub.verify_token` is answered `hub.challenge`, as plain text.
+//! - `POST` carries notifications. No API key: each is verified by
+//!   `X-Hub-Signature-256`, the HMAC-SHA256 of the raw body under the Meta
+//!   app's secret, compared in constant time; a missing or wrong signature
+//!   is 401 and changes nothing. Statuses are applied to messages (one
+//!   statement for the whole POST), incoming messages recorded as their
+//!   users' last inbound time; everything else is answered 200 and
+//!   ignored, since Meta retries anything but a 2xx for days.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering::Relaxed},
+};
+
+use axum::{
+    Json,
+    extract::{Request, State},
+    http::{HeaderMap, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use hmac::{Hmac, Mac};
+use kurir_core::config::ReceiptArgs;
+use kurir_store::receipts;
+use serde_json::{Value, json};
+use sha2::Sha256;
+
+use crate::{
+    AppState,
+    error::{ApiError, ApiResult},
+    extract::read_body,
+    whatsapp,
+};
+
+/// The header Meta signs with.
+pub const SIGNATURE_HEADER: &str = "x-hub-signature-256";
+
+/// Largest notification accepted: Meta's payloads reach 3 MB.
+pub const MAX_BODY_BYTES: u64 = 3 * 1024 * 1024;
+
+/// The webhook's settings and what it has seen since the process started.
+#[derive(Debug, Default)]
+pub struct WhatsAppWebhook {
+    app_secret: Option<Vec<u8>>,
+    verify_token: Option<String>,
+    pub counts: Counts,
+}
+
+/// Running totals (for `/metrics`, once it exists, and the log).
+#[derive(Debug, Default)]
+pub struct Counts {
+    /// POSTs refused for their signature.
+    pub rejected: AtomicU64,
+    /// Receipts that named a message sent from their number.
+    pub matched: AtomicU64,
+    /// Messages a receipt changed.
+    pub changed: AtomicU64,
+    /// Receipts for messages kurir does not know (dropped).
+    pub unknown: AtomicU64,
+    /// Incoming messages recorded.
+    pub inbound: AtomicU64,
+    /// Notifications kurir has no use for.
+    pub ignored: AtomicU64,
+}
+
+impl WhatsAppWebhook {
+    pub fn new(args: &ReceiptArgs) -> Arc<Self> {
+        let non_empty = |v: &Option<String>| v.as_ref().filter(|s| !s.is_empty()).cloned();
+        Arc::new(Self {
+            app_secret: non_empty(&args.whatsapp_app_secret).map(String::into_bytes),
+            verify_token: non_empty(&args.whatsapp_verify_token),
+            counts: Counts::default(),
+        })
+    }
+
+    /// Whether `signature` (the header's value) is `sha256=` and the hex
+    /// HMAC-SHA256 of `body` under the app secret.
+    fn verify(&self, signature: Option<&str>, body: &[u8]) -> Result<(), ApiError> {
+        let Some(secret) = &self.app_secret else {
+            return Err(not_configured());
+        };
+        let signature = signature
+            .ok_or_else(|| ApiError::unauthorized("the X-Hub-Signature-256 header is missing"))?;
+        let digest = signature
+            .trim()
+            .strip_prefix("sha256=")
+            .and_then(|hex| hex::decode(hex).ok())
+            .ok_or_else(|| {
+                ApiError::unauthorized("X-Hub-Signature-256 must be sha256=<hex HMAC-SHA256>")
+            })?;
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret) else {
+            unreachable!("HMAC takes keys of any length");
+        };
+        mac.update(body);
+        mac.verify_slice(&digest).map_err(|_| {
+            ApiError::unauthorized(
+                "the X-Hub-Signature-256 signature does not match the body (is KURIR_WHATSAPP_APP_SECRET the app's secret?)",
+            )
+        })
+    }
+}
+
+fn not_configured() -> ApiError {
+    ApiError::unauthorized(
+        "receipts are not set up here: set KURIR_WHATSAPP_APP_SECRET to the Meta app's secret",
+    )
+}
+
+/// `GET /v1/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
+pub async fn handshake(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
+    let query = request.uri().query().unwrap_or("");
+    let param = |name: &str| {
+        form_urlencoded::parse(query.as_bytes())
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.into_owned())
+    };
+    let Some(expected) = &state.whatsapp.verify_token else {
+        return Err(ApiError::forbidden(
+            "the handshake is not set up here: set KURIR_WHATSAPP_VERIFY_TOKEN to the token given to Meta",
+        ));
+    };
+    if param("hub.mode").as_deref() != Some("subscribe") {
+        return Err(ApiError::forbidden("hub.mode must be subscribe"));
+    }
+    let token = param("hub.verify_token").unwrap_or_default();
+    if !constant_time_eq(token.as_bytes(), expected.as_bytes()) {
+        return Err(ApiError::forbidden(
+            "hub.verify_token is not this server's KURIR_WHATSAPP_VERIFY_TOKEN",
+        ));
+    }
+    let challenge = param("hub.challenge").unwrap_or_default();
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        challenge,
+    )
+        .into_response())
+}
+
+/// `POST /v1/webhooks/whatsapp`: 200 with what was done, once applied.
+pub async fn receive(State(state): State<AppState>, request: Request) -> ApiResult<Json<Value>> {
+    let hook = Arc::clone(&state.whatsapp);
+    let signature = signature(request.headers());
+    if hook.app_secret.is_none() || signature.is_none() {
+        // Refused before the body is read.
+        hook.counts.rejected.fetch_add(1, Relaxed);
+        return Err(match hook.app_secret {
+            None => not_configured(),
+            Some(_) => ApiError::unauthorized("the X-Hub-Signature-256 header is missing"),
+        });
+    }
+    let limit = MAX_BODY_BYTES.max(state.max_body_bytes);
+    let body = read_body(request, &state, limit).await?;
+    if let Err(err) = hook.verify(signature.as_deref(), &body) {
+        hook.counts.rejected.fetch_add(1, Relaxed);
+        return Err(err);
+    }
+    let value: Value = serde_json::from_slice(&body)
+        .map_err(|err| ApiError::malformed_json(format!("the body is not valid JSON: {err}")))?;
+    let parsed = whatsapp::parse(&value, chrono::Utc::now());
+    let (applied, inbound) = state
+        .db
+        .run(async |client| {
+            let applied = receipts::apply(client, &parsed.receipts).await?;
+            let inbound = receipts::record_inbound(client, &parsed.inbound).await?;
+            Ok((applied, inbound))
+        })
+        .await?;
+    let counts = &hook.counts;
+    counts.matched.fetch_add(applied.matched, Relaxed);
+    counts.changed.fetch_add(applied.changed, Relaxed);
+    counts.unknown.fetch_add(applied.unknown, Relaxed);
+    counts.inbound.fetch_add(inbound, Relaxed);
+    counts.ignored.fetch_add(parsed.ignored, Relaxed);
+    tracing::debug!(
+        receipts = parsed.receipts.len(),
+        matched = applied.matched,
+        changed = applied.changed,
+        unknown = applied.unknown,
+        inbound,
+        ignored = parsed.ignored,
+        "whatsapp webhook applied"
+    );
+    Ok(Json(json!({
+        "receipts": parsed.receipts.len(),
+        "matched": applied.matched,
+        "changed": applied.changed,
+        "unknown": applied.unknown,
+        "inbound": inbound,
+        "ignored": parsed.ignored,
+    })))
+}
+
+fn signature(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get(SIGNATURE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+/// Equality that takes as long whichever byte differs.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hook(secret: &str) -> WhatsAppWebhook {
+        WhatsAppWebhook {
+            app_secret: Some(secret.as_bytes().to_vec()),
+            ..WhatsAppWebhook::default()
+        }
+    }
+
+    #[test]
+    fn a_signature_is_the_hex_hmac_of_the_exact_body() {
+        // RFC 4231 test case 2.
+        let hook = hook("Jefe");
+        let body = b"what do ya want for nothing?";
+        let good = "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
+        assert!(hook.verify(Some(good), body).is_ok());
+        assert!(
+            hook.verify(
+                Some(&good.to_uppercase().replace("SHA256=", "sha256=")),
+                body
+            )
+            .is_ok()
+        );
+        for bad in [
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3844",
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843",
+            "sha256=",
+            "sha256=zz",
+            "sha1=5bdcc146bf60754e6a042426089575c75a003f08",
+        ] {
+            let err = hook.verify(Some(bad), body).unwrap_err();
+            assert_eq!(err.status(), StatusCode::UNAUTHORIZED, "{bad}");
+        }
+        assert!(
+            hook.verify(Some(good), b"what do ya want for nothing? ")
+                .is_err()
+        );
+        assert!(hook.verify(None, body).is_err());
+        assert!(WhatsAppWebhook::default().verify(Some(good), body).is_err());
+    }
+
+    #[test]
+    fn constant_time_eq_is_equality() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
+}
