@@ -8,10 +8,11 @@ use serde_json::{Value, json};
 use crate::support::{APP_SECRET, Options, PHONE_NUMBER_ID, TestApp, VERIFY_TOKEN};
 
 const HOOK: &str = "/v1/webhooks/whatsapp";
-/// Receipt times (Unix seconds), in order.
-const T1: i64 = 1_780_000_000;
-const T2: i64 = 1_780_000_060;
-const T3: i64 = 1_780_000_120;
+/// Receipt times (Unix seconds), in order, after any message a test sends
+/// (a receipt's time is never shown before the message's `sent_at`).
+const T1: i64 = 4_000_000_000;
+const T2: i64 = 4_000_000_060;
+const T3: i64 = 4_000_000_120;
 
 /// A timestamp as the API shows it.
 fn shown(unix: i64) -> String {
@@ -465,6 +466,23 @@ async fn a_receipt_for_a_retry_waiting_after_a_lost_answer_ends_the_retry() {
 }
 
 #[tokio::test]
+async fn a_receipt_time_before_sent_at_shows_as_sent_at() {
+    // Meta's timestamps are whole seconds: "delivered at 12:00:05" for a
+    // message sent at 12:00:05.400 would otherwise show before it was sent.
+    let app = TestApp::spawn().await;
+    let (id, wamid) = app.sent_message("clock", "+6281234567890").await;
+    let sent_at = app.message(&id).await["sent_at"].clone();
+    app.receipts(&notification(
+        PHONE_NUMBER_ID,
+        vec![status(&id, &wamid, "delivered", 1_700_000_000)],
+    ))
+    .await;
+    let message = app.message(&id).await;
+    assert_eq!(message["message_status"], "delivered");
+    assert_eq!(message["delivered_at"], sent_at);
+}
+
+#[tokio::test]
 async fn sandbox_receipts_end_read() {
     let app = TestApp::spawn_with(Options {
         receipts: true,
@@ -478,4 +496,44 @@ async fn sandbox_receipts_end_read() {
     assert!(message["delivered_at"].is_string());
     assert!(message["read_at"].is_string());
     assert!(message["last_error"].is_null());
+    // RFC 3339 in one format and zone: ordered as text.
+    let at = |field: &str| message[field].as_str().unwrap().to_owned();
+    assert!(at("sent_at") <= at("delivered_at") && at("delivered_at") <= at("read_at"));
+}
+
+#[tokio::test]
+async fn concurrent_receipts_about_the_same_messages_never_move_one_back() {
+    // Meta posts the delivered and the read receipt of a message in
+    // separate requests, which may be handled at the same time, and in
+    // any order: each is applied to the row as it is then.
+    let app = TestApp::spawn().await;
+    app.create_user("race", "+6281234567890").await;
+    let ids = app.send_many("race", 40).await;
+    app.all_sent(40, crate::support::DEADLINE).await;
+    let mut delivered = Vec::new();
+    let mut read = Vec::new();
+    for id in &ids {
+        let wamid = app.message(id).await["provider_message_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        delivered.push(status(id, &wamid, "delivered", T1));
+        read.push(status(id, &wamid, "read", T2));
+    }
+    read.reverse();
+    let delivered = notification(PHONE_NUMBER_ID, delivered);
+    let read = notification(PHONE_NUMBER_ID, read);
+    let posts: Vec<_> = (0..8)
+        .map(|n| {
+            let body = if n % 2 == 0 { &delivered } else { &read };
+            app.receipts(body)
+        })
+        .collect();
+    futures_util::future::join_all(posts).await;
+    assert_eq!(app.count_in_state("read").await, 40);
+    for id in &ids {
+        let message = app.message(id).await;
+        assert_eq!(message["delivered_at"], shown(T1), "{id}");
+        assert_eq!(message["read_at"], shown(T2), "{id}");
+    }
 }

@@ -87,6 +87,16 @@ fn apply_sql() -> String {
     // Receipts may touch it: sent or further (not failed), held by a
     // worker, or waiting for a retry after a provider call.
     let open = "(m.state IN ('sent', 'delivered', 'read', 'sending') OR (m.state = 'queued' AND m.attempts > 0))";
+    // A receipt's time, never before the message was sent: Meta's are
+    // whole seconds (and its clock is not ours), so `delivered` would
+    // otherwise often show a moment before `sent`.
+    let after_sent =
+        |at: &str| format!("(CASE WHEN {at} IS NOT NULL THEN GREATEST({at}, m.sent_at) END)");
+    let (a_delivered, a_read, a_failed) = (
+        after_sent("a.delivered"),
+        after_sent("a.read"),
+        after_sent("a.failed"),
+    );
     let pos = format!("GREATEST({cur}, COALESCE(a.rank, 0))");
     let fails = format!("({open} AND a.failed IS NOT NULL AND {pos} <= 1)");
     let next = format!(
@@ -97,11 +107,11 @@ fn apply_sql() -> String {
     );
     let delivered = format!(
         "CASE WHEN {open} AND NOT {fails}
-              THEN COALESCE(LEAST(m.delivered_at, a.delivered), LEAST(m.read_at, a.read))
+              THEN COALESCE(LEAST(m.delivered_at, {a_delivered}), LEAST(m.read_at, {a_read}))
               ELSE m.delivered_at END"
     );
     let read = format!(
-        "CASE WHEN {open} AND NOT {fails} THEN LEAST(m.read_at, a.read) ELSE m.read_at END"
+        "CASE WHEN {open} AND NOT {fails} THEN LEAST(m.read_at, {a_read}) ELSE m.read_at END"
     );
     // Leaving queued/sending: the worker's claim or lease no longer holds.
     let leaving = format!("({open} AND {cur} = 0 AND ({fails} OR {pos} > 0))");
@@ -138,7 +148,7 @@ fn apply_sql() -> String {
                                 ELSE m.sent_at END,
                  delivered_at = {delivered},
                  read_at = {read},
-                 failed_at = CASE WHEN {fails} THEN a.failed ELSE m.failed_at END,
+                 failed_at = CASE WHEN {fails} THEN {a_failed} ELSE m.failed_at END,
                  last_error = CASE WHEN {fails} THEN a.error
                                    WHEN {leaving} THEN NULL ELSE m.last_error END,
                  provider_message_id = CASE WHEN {open} THEN COALESCE(m.provider_message_id, a.wamid)

@@ -229,9 +229,12 @@ impl Deliverer {
             Persisted::Done(Recorded::AlreadyRecorded) => {
                 debug!(attempt, "outcome was recorded already (a lost reply)");
             }
-            Persisted::Done(Recorded::Superseded) => warn!(
+            // A receipt that came before our record (WhatsApp's `sent` or
+            // `delivered` can beat it), or a lease that expired and was
+            // claimed again: either way the row is further along.
+            Persisted::Done(Recorded::Superseded) => info!(
                 attempt,
-                "row moved on while we delivered (lease expired and it was claimed again); outcome recorded as an attempt only"
+                "row moved on while we delivered (a receipt came first, or the lease expired and it was claimed again); outcome recorded as an attempt only"
             ),
             Persisted::CutOff => {
                 // Postgres is away and we are stopping: the row stays leased
