@@ -268,7 +268,7 @@ pub async fn settled(db: &tokio_postgres::Client, table: &str) -> Result<Settled
                         EXTRACT(EPOCH FROM max(sent_at) - min(created_at))::float8,
                         percentile_cont(0.5) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM sent_at - created_at)::float8),
                         percentile_cont(0.99) WITHIN GROUP (ORDER BY EXTRACT(EPOCH FROM sent_at - created_at)::float8)
-                   FROM {table} WHERE state = 'sent'"
+                   FROM {table} WHERE state IN ('sent', 'delivered', 'read')"
             ),
             &[],
         )
@@ -294,7 +294,8 @@ pub async fn wait_sent(
     loop {
         let row = db
             .query_one(
-                "SELECT count(*) FILTER (WHERE state = 'sent'), count(*) FILTER (WHERE state = 'failed') FROM messages",
+                "SELECT count(*) FILTER (WHERE state IN ('sent', 'delivered', 'read')),
+                        count(*) FILTER (WHERE state = 'failed') FROM messages",
                 &[],
             )
             .await?;

@@ -82,6 +82,11 @@ struct Args {
     /// The api's `KURIR_INTAKE_BURST` [default: kurir's own (10000)]
     #[arg(long, value_name = "B")]
     intake_burst: Option<u32>,
+    /// The sandbox posts signed `delivered` and `read` receipts for every
+    /// message to the api's webhook (two POSTs a message), as WhatsApp
+    /// does: measures what applying them costs while sending
+    #[arg(long)]
+    receipts: bool,
     /// Also run the bare pipeline (after kurir) and report kurir's ratio to it
     #[arg(long)]
     reference: bool,
@@ -311,6 +316,9 @@ fn header_line(args: &Args, settings: &Settings) -> String {
     if let Some(wait) = args.prefer_wait {
         load.push_str(&format!(", Prefer: wait={wait}"));
     }
+    if args.receipts {
+        load.push_str(", sandbox receipts on");
+    }
     format!(
         "{} messages, {} users, {load}, {} worker(s), worker concurrency {}, provider latency {} ms, intake limit {}, rounds {}{}",
         settings.messages,
@@ -489,6 +497,7 @@ async fn run_round(
             args.provider_latency_ms,
             settings.worker_concurrency,
             &api_env,
+            args.receipts,
         )
         .await?;
     eprintln!("kurir-bench: stack ready, api at {}", stack.api_url);

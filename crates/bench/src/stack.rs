@@ -9,6 +9,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use tokio::process::{Child, Command};
 
 pub const SANDBOX_TOKEN: &str = "bench-sandbox-token";
+/// The Meta app secret the sandbox signs receipts with (`--receipts`).
+const APP_SECRET: &str = "bench-app-secret";
 const STOP_GRACE: Duration = Duration::from_secs(5);
 const READY_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -162,6 +164,7 @@ impl Stack {
         provider_latency_ms: u64,
         worker_concurrency: Option<u16>,
         api_env: &[(&str, String)],
+        receipts: bool,
     ) -> Result<()> {
         self.database_created = true; // from here on, cleanup drops it (IF EXISTS)
         self.run_once("migrate", &["migrate"]).await?;
@@ -173,28 +176,27 @@ impl Stack {
         }
 
         let sandbox_port = free_port()?;
-        self.spawn(
-            "kurir-sandbox",
-            "sandbox",
-            &[],
-            &[
-                ("KURIR_SANDBOX_ADDR", format!("127.0.0.1:{sandbox_port}")),
-                ("KURIR_SANDBOX_LATENCY_MS", provider_latency_ms.to_string()),
-                ("KURIR_SANDBOX_TOKEN", SANDBOX_TOKEN.to_owned()),
-            ],
-        )?;
         let api_port = free_port()?;
         self.api_url = format!("http://127.0.0.1:{api_port}");
-        self.spawn(
-            "kurir",
-            "api",
-            &["api"],
-            &[
-                &[("KURIR_API_ADDR", format!("127.0.0.1:{api_port}"))],
-                api_env,
-            ]
-            .concat(),
-        )?;
+        let mut sandbox_env = vec![
+            ("KURIR_SANDBOX_ADDR", format!("127.0.0.1:{sandbox_port}")),
+            ("KURIR_SANDBOX_LATENCY_MS", provider_latency_ms.to_string()),
+            ("KURIR_SANDBOX_TOKEN", SANDBOX_TOKEN.to_owned()),
+        ];
+        let mut api_env = api_env.to_vec();
+        api_env.push(("KURIR_API_ADDR", format!("127.0.0.1:{api_port}")));
+        if receipts {
+            sandbox_env.extend([
+                (
+                    "KURIR_SANDBOX_RECEIPTS_URL",
+                    format!("{}/v1/webhooks/whatsapp", self.api_url),
+                ),
+                ("KURIR_SANDBOX_APP_SECRET", APP_SECRET.to_owned()),
+            ]);
+            api_env.push(("KURIR_WHATSAPP_APP_SECRET", APP_SECRET.to_owned()));
+        }
+        self.spawn("kurir-sandbox", "sandbox", &[], &sandbox_env)?;
+        self.spawn("kurir", "api", &["api"], &api_env)?;
         let mut worker_env = vec![
             ("KURIR_PROVIDER", "whatsapp".to_owned()),
             (
