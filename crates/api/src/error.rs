@@ -81,6 +81,10 @@ impl ApiError {
         self.status
     }
 
+    pub fn detail(&self) -> &str {
+        &self.detail
+    }
+
     /// The fields a validation problem names.
     pub fn errors(&self) -> &[FieldError] {
         &self.errors

@@ -111,6 +111,8 @@ impl AppState {
         let dispatcher = Dispatcher::start(db.clone(), publisher.clone(), &tasks, shutdown.clone());
         let accepter = accept::Accepter::start(db.clone(), dispatcher, &tasks);
         let waiters = wait::Waiters::start(db.clone(), &config.database, &tasks, shutdown.clone())?;
+        let whatsapp =
+            routes::webhooks::WhatsAppWebhook::new(&config.api.receipts, db.clone(), &tasks);
         Ok(Self {
             db: db.clone(),
             publisher,
@@ -121,7 +123,7 @@ impl AppState {
             keys: keycache::KeyCache::new(config.api.key_cache_ttl),
             intake: limit::Intake::new(db, config.api.intake.limit()),
             waiters,
-            whatsapp: routes::webhooks::WhatsAppWebhook::new(&config.api.receipts),
+            whatsapp,
         })
     }
 

@@ -288,15 +288,43 @@ pub async fn wait_sent(
     db: &tokio_postgres::Client,
     expected: u64,
     deadline: Duration,
+    progress: impl FnMut(u64),
+) -> Result<()> {
+    wait_until(
+        db,
+        &["sent", "delivered", "read"],
+        expected,
+        deadline,
+        progress,
+    )
+    .await
+}
+
+/// As [`wait_sent`], until `expected` rows are `read` (every receipt applied).
+pub async fn wait_read(
+    db: &tokio_postgres::Client,
+    expected: u64,
+    deadline: Duration,
+    progress: impl FnMut(u64),
+) -> Result<()> {
+    wait_until(db, &["read"], expected, deadline, progress).await
+}
+
+async fn wait_until(
+    db: &tokio_postgres::Client,
+    states: &[&str],
+    expected: u64,
+    deadline: Duration,
     mut progress: impl FnMut(u64),
 ) -> Result<()> {
     let until = Instant::now() + deadline;
+    let states: Vec<String> = states.iter().map(|s| (*s).to_owned()).collect();
     loop {
         let row = db
             .query_one(
-                "SELECT count(*) FILTER (WHERE state IN ('sent', 'delivered', 'read')),
+                "SELECT count(*) FILTER (WHERE state = ANY($1)),
                         count(*) FILTER (WHERE state = 'failed') FROM messages",
-                &[],
+                &[&states],
             )
             .await?;
         let sent = u64::try_from(row.get::<_, i64>(0)).unwrap_or(0);

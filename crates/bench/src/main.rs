@@ -84,7 +84,7 @@ struct Args {
     intake_burst: Option<u32>,
     /// The sandbox posts signed `delivered` and `read` receipts for every
     /// message to the api's webhook (two POSTs a message), as WhatsApp
-    /// does: measures what applying them costs while sending
+    /// does; CPU is then counted until every message is `read`
     #[arg(long)]
     receipts: bool,
     /// Also run the bare pipeline (after kurir) and report kurir's ratio to it
@@ -585,6 +585,30 @@ async fn run_round(
     sending.finish();
     if let Err(e) = waited {
         failures.push(format!("{e:#}"));
+    }
+    if args.receipts {
+        // CPU counts until every receipt is applied, not only the sends.
+        let reading = Progress::start(
+            &round.label("read"),
+            round.label_width(),
+            sent.accepted,
+            load_started,
+        );
+        let read_so_far = reading.counter();
+        let read = tokio::select! {
+            r = load::wait_read(&db, sent.accepted, Duration::from_secs(args.timeout), |n| {
+                read_so_far.store(n, Ordering::Relaxed);
+            }) => r,
+            e = stack.watch() => Err(e),
+        };
+        reading.finish();
+        match read {
+            Ok(()) => eprintln!(
+                "kurir-bench: every message read {:.1} s after the first request",
+                load_started.elapsed().as_secs_f64()
+            ),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
     }
     let groups = stop_sampling(sampling, &groups).await?;
     if let Err(e) = stack.check_alive() {

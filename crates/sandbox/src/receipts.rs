@@ -26,6 +26,9 @@ const RETRIES: u32 = 3;
 const BACKOFF: Duration = Duration::from_millis(100);
 /// Per-POST timeout.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Receipt POSTs in flight at once: a slow endpoint slows receipts down
+/// (they wait here) instead of piling up requests on it.
+const IN_FLIGHT: usize = 64;
 
 /// `sha256=<lowercase hex HMAC-SHA256(secret, body)>`, the `X-Hub-Signature-256` value.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
@@ -114,6 +117,7 @@ pub(crate) struct Receipts {
     delay: Duration,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Receipts {
@@ -134,6 +138,7 @@ impl Receipts {
             delay,
             tracker: TaskTracker::new(),
             shutdown,
+            slots: Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT)),
         })
     }
 
@@ -172,6 +177,9 @@ impl Receipts {
     }
 
     async fn post_with_retry(&self, wamid: &str, status: &str, body: Vec<u8>) {
+        let Ok(_slot) = self.slots.acquire().await else {
+            return;
+        };
         let sig = signature(&self.secret, &body);
         let mut backoff = BACKOFF;
         for attempt in 1..=RETRIES + 1 {

@@ -58,16 +58,15 @@ pub struct Receipt {
     pub error: Option<LastError>,
 }
 
-/// What [`apply`] did with a webhook's receipts.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What [`apply`] did with receipts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Applied {
-    /// Messages that changed (state or a timestamp).
-    pub changed: u64,
-    /// Receipts that named a message sent from their number.
-    pub matched: u64,
-    /// Receipts that named no such message: sent by something else from
-    /// the same number, or by a kurir that did not record the number yet.
-    pub unknown: u64,
+    /// For each receipt, in order, the message it named (sent from its
+    /// number); `None`: no such message (sent by something else from the
+    /// same number, or by a kurir that did not record the number yet).
+    pub matched: Vec<Option<Uuid>>,
+    /// The messages that changed (state or a timestamp).
+    pub changed: std::collections::HashSet<Uuid>,
 }
 
 /// States by rank, as the statement's `(ARRAY[…])[rank]`.
@@ -163,13 +162,15 @@ fn apply_sql() -> String {
                     OR {read} IS DISTINCT FROM m.read_at)
              RETURNING m.id, m.state, m.waited),
          {notified}
-         SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM found),
+         SELECT (SELECT array_agg(id) FROM done),
+                (SELECT array_agg(ord) FROM found), (SELECT array_agg(id) FROM found),
                 (SELECT count(*) FROM notified)"
     )
 }
 
-/// Applies a webhook's receipts in one statement (retried, once, if
-/// Postgres picked it as a deadlock's victim against a worker's record).
+/// Applies receipts (a webhook's, or several webhooks' at once) in one
+/// statement, retried once if Postgres picked it as a deadlock's victim
+/// against a worker's record.
 #[instrument(skip_all, fields(count = receipts.len()))]
 pub async fn apply(client: &impl GenericClient, receipts: &[Receipt]) -> Result<Applied> {
     if receipts.is_empty() {
@@ -216,14 +217,21 @@ pub async fn apply(client: &impl GenericClient, receipts: &[Receipt]) -> Result<
             Err(err) => return Err(StoreError::from(err)),
         }
     };
-    let changed = row.get::<_, i64>(0);
-    let matched = row.get::<_, i64>(1);
-    let total = receipts.len() as u64;
-    let matched = u64::try_from(matched).unwrap_or(0).min(total);
+    let changed: Vec<Uuid> = row.get::<_, Option<Vec<Uuid>>>(0).unwrap_or_default();
+    let ords: Vec<i64> = row.get::<_, Option<Vec<i64>>>(1).unwrap_or_default();
+    let ids: Vec<Uuid> = row.get::<_, Option<Vec<Uuid>>>(2).unwrap_or_default();
+    let mut matched = vec![None; receipts.len()];
+    for (ord, id) in ords.into_iter().zip(ids) {
+        // WITH ORDINALITY counts from 1
+        let slot = usize::try_from(ord - 1)
+            .ok()
+            .and_then(|i| matched.get_mut(i))
+            .ok_or_else(|| corrupt(format!("receipt ordinal {ord} of {}", receipts.len())))?;
+        *slot = Some(id);
+    }
     Ok(Applied {
-        changed: u64::try_from(changed).unwrap_or(0),
         matched,
-        unknown: total - matched,
+        changed: changed.into_iter().collect(),
     })
 }
 
