@@ -314,7 +314,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    fn hook(secret: Option<&str>) -> WhatsAppWebhook {
+    fn webhook(secret: Option<&str>) -> WhatsAppWebhook {
         WhatsAppWebhook {
             app_secret: secret.map(|s| s.as_bytes().to_vec()),
             verify_token: None,
@@ -326,7 +326,7 @@ mod tests {
     #[test]
     fn a_signature_is_the_hex_hmac_of_the_exact_body() {
         // RFC 4231 test case 2.
-        let hook = hook(Some("Jefe"));
+        let hook = webhook(Some("Jefe"));
         let body = b"what do ya want for nothing?";
         let good = "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843";
         assert!(hook.verify(Some(good), body).is_ok());
@@ -352,7 +352,7 @@ mod tests {
                 .is_err()
         );
         assert!(hook.verify(None, body).is_err());
-        assert!(hook(None).verify(Some(good), body).is_err());
+        assert!(webhook(None).verify(Some(good), body).is_err());
     }
 
     #[test]
