@@ -72,6 +72,20 @@ impl TestApp {
         response.json().await.unwrap()
     }
 
+    /// `count` messages to a new user, once all are `sent`; their ids and wamids.
+    async fn sent_messages(&self, user: &str, count: usize) -> Vec<(String, String)> {
+        self.create_user(user, "+6281234567890").await;
+        let ids = self.send_many(user, count).await;
+        self.all_sent(count as i64, crate::support::DEADLINE).await;
+        let mut sent = Vec::new();
+        for id in ids {
+            let message = self.message(&id).await;
+            let wamid = message["provider_message_id"].as_str().unwrap().to_owned();
+            sent.push((id, wamid));
+        }
+        sent
+    }
+
     /// A message to a new user, once `sent`; its id and wamid.
     async fn sent_message(&self, user: &str, phone: &str) -> (String, String) {
         self.create_user(user, phone).await;
@@ -262,17 +276,9 @@ async fn a_failed_receipt_after_delivered_changes_nothing() {
 #[tokio::test]
 async fn one_post_with_100_statuses_applies_them_all() {
     let app = TestApp::spawn().await;
-    app.create_user("many", "+6281234567890").await;
-    let ids = app.send_many("many", 100).await;
-    app.all_sent(100, crate::support::DEADLINE).await;
-    let mut statuses = Vec::new();
-    for id in &ids {
-        let wamid = app.message(id).await["provider_message_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        statuses.push(status(id, &wamid, "delivered", T1));
-    }
+    let statuses = (app.sent_messages("many", 100).await.iter())
+        .map(|(id, wamid)| status(id, wamid, "delivered", T1))
+        .collect();
     let answer = app.receipts(&notification(PHONE_NUMBER_ID, statuses)).await;
     assert_eq!(answer["receipts"], 100);
     assert_eq!(answer["matched"], 100);
@@ -507,20 +513,16 @@ async fn concurrent_receipts_about_the_same_messages_never_move_one_back() {
     // separate requests, which may be handled at the same time, and in
     // any order: each is applied to the row as it is then.
     let app = TestApp::spawn().await;
-    app.create_user("race", "+6281234567890").await;
-    let ids = app.send_many("race", 40).await;
-    app.all_sent(40, crate::support::DEADLINE).await;
-    let mut delivered = Vec::new();
-    let mut read = Vec::new();
-    for id in &ids {
-        let wamid = app.message(id).await["provider_message_id"]
-            .as_str()
-            .unwrap()
-            .to_owned();
-        delivered.push(status(id, &wamid, "delivered", T1));
-        read.push(status(id, &wamid, "read", T2));
-    }
-    read.reverse();
+    let sent = app.sent_messages("race", 40).await;
+    let delivered = sent
+        .iter()
+        .map(|(id, wamid)| status(id, wamid, "delivered", T1))
+        .collect();
+    let read = sent
+        .iter()
+        .rev()
+        .map(|(id, wamid)| status(id, wamid, "read", T2))
+        .collect();
     let delivered = notification(PHONE_NUMBER_ID, delivered);
     let read = notification(PHONE_NUMBER_ID, read);
     let posts: Vec<_> = (0..8)
@@ -531,7 +533,7 @@ async fn concurrent_receipts_about_the_same_messages_never_move_one_back() {
         .collect();
     futures_util::future::join_all(posts).await;
     assert_eq!(app.count_in_state("read").await, 40);
-    for id in &ids {
+    for (id, _) in &sent {
         let message = app.message(id).await;
         assert_eq!(message["delivered_at"], shown(T1), "{id}");
         assert_eq!(message["read_at"], shown(T2), "{id}");
