@@ -21,7 +21,7 @@ use kurir_store::{
     Db, StoreError,
     idempotency::{self as key_store, Claim, Key, Recorded, Scope},
     messages::{self, NewMessage},
-    pipeline::{Publishable, Publishing},
+    pipeline::{Accepted, Publishing},
     status_updates::{self, NewStatusUpdate},
 };
 use uuid::Uuid;
@@ -72,7 +72,9 @@ impl From<NewJob> for Accept {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// The row is stored (and its key, if it had one, keeps its response).
-    New,
+    /// `outside_window`: a text to a user whose 24-hour window is known to
+    /// be closed.
+    New { outside_window: bool },
     /// The key was taken by the same request: this is its first response;
     /// nothing was stored.
     Replay(Kept),
@@ -122,6 +124,20 @@ impl Accepter {
     }
 }
 
+/// The answer for a row the group stored (handed to the dispatcher), or
+/// for one it did not: its user does not exist.
+fn stored_new(slots: &mut crate::dispatch::Slots<'_>, stored: Option<Accepted>) -> Answer {
+    match stored {
+        Some(accepted) => {
+            slots.submit(accepted.row);
+            Ok(Stored::New {
+                outside_window: accepted.outside_window,
+            })
+        }
+        None => Err(ApiError::not_found("user")),
+    }
+}
+
 #[derive(Clone)]
 struct Batches {
     db: Db,
@@ -153,7 +169,7 @@ async fn store_jobs<'a>(
     client: &impl kurir_store::GenericClient,
     jobs: impl Iterator<Item = &'a NewJob>,
     publishing: Publishing,
-) -> Result<HashMap<Uuid, Publishable>, StoreError> {
+) -> Result<HashMap<Uuid, Accepted>, StoreError> {
     let mut new_messages = Vec::new();
     let mut new_updates = Vec::new();
     for job in jobs {
@@ -164,12 +180,12 @@ async fn store_jobs<'a>(
     }
     let mut stored = messages::insert_many(client, &new_messages, publishing).await?;
     stored.extend(status_updates::insert_many(client, &new_updates, publishing).await?);
-    Ok(stored.into_iter().map(|row| (row.id, row)).collect())
+    Ok(stored.into_iter().map(|row| (row.row.id, row)).collect())
 }
 
 /// What the store said about a group with keys: the stored rows, whether
 /// each claim held, and what each key that did not hold keeps.
-type Outcome = (HashMap<Uuid, Publishable>, Vec<bool>, Vec<Option<Recorded>>);
+type Outcome = (HashMap<Uuid, Accepted>, Vec<bool>, Vec<Option<Recorded>>);
 
 impl Batches {
     async fn commit(&self, batch: Vec<Asked<Accept, Answer>>) {
@@ -257,22 +273,12 @@ impl Batches {
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
         for ((row, _), role) in batch.iter().zip(&roles) {
             let answer = match (role, &row.key) {
-                (Role::Free, _) | (Role::Claimer, None) => match stored.remove(&row.job.id()) {
-                    Some(published) => {
-                        slots.submit(published);
-                        Ok(Stored::New)
-                    }
-                    None => Err(ApiError::not_found("user")),
-                },
+                (Role::Free, _) | (Role::Claimer, None) => {
+                    stored_new(&mut slots, stored.remove(&row.job.id()))
+                }
                 (Role::Claimer, Some(claim)) => {
                     if held.next().unwrap_or(false) {
-                        match stored.remove(&row.job.id()) {
-                            Some(published) => {
-                                slots.submit(published);
-                                Ok(Stored::New)
-                            }
-                            None => Err(ApiError::not_found("user")),
-                        }
+                        stored_new(&mut slots, stored.remove(&row.job.id()))
                     } else {
                         match recorded.next().flatten() {
                             Some(first) => idempotency::replay(
@@ -303,7 +309,7 @@ impl Batches {
                                 .map_or("idempotency_key", |c| key_field(c.key.scope)),
                             "was used with a different request in the last 24 hours; send a new key for a new request",
                         )),
-                        (true, Ok(Stored::New), Some(theirs)) => {
+                        (true, Ok(Stored::New { .. }), Some(theirs)) => {
                             Ok(Stored::Replay(theirs.response.clone()))
                         }
                         (true, answer, _) => answer.clone(),

@@ -6,7 +6,7 @@
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
-use kurir_core::{LastError, MessageStatus};
+use kurir_core::{LastError, MessageStatus, Template};
 use kurir_store::{
     messages::Message, pipeline::Attempt, status_updates::StatusUpdate, users::User,
 };
@@ -36,6 +36,11 @@ pub struct UserJson {
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "ts")]
     pub updated_at: DateTime<Utc>,
+    /// Until when WhatsApp takes free-form text for the user: 24 hours
+    /// after they last wrote to the business, if kurir heard of it (its
+    /// receipts webhook); `null` if it does not know.
+    #[serde(serialize_with = "ts_opt")]
+    pub window_open_until: Option<DateTime<Utc>>,
 }
 
 impl From<User> for UserJson {
@@ -48,6 +53,7 @@ impl From<User> for UserJson {
             status: user.status.into_inner(),
             created_at: user.created_at,
             updated_at: user.updated_at,
+            window_open_until: user.window_open_until,
         }
     }
 }
@@ -62,7 +68,12 @@ pub struct UserList {
 pub struct MessageJson {
     pub message_id: String,
     pub user_id: String,
-    pub message: String,
+    /// The text, for a text message (the seed's field).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The template, for a template message, as it was sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<serde_json::Value>,
     pub message_status: &'static str,
     pub attempts: i32,
     #[serde(serialize_with = "ts_opt")]
@@ -88,7 +99,8 @@ impl From<Message> for MessageJson {
         Self {
             message_id: message.id.to_string(),
             user_id: message.user_id.to_string(),
-            message: message.body.into_inner(),
+            message: message.content.text().map(|body| body.as_str().to_owned()),
+            template: message.content.template().map(Template::to_json),
             message_status: message.status.as_str(),
             attempts: message.attempts,
             next_attempt_at: message.next_attempt_at,
@@ -110,12 +122,19 @@ pub struct MessageList {
     pub next_cursor: Option<String>,
 }
 
-/// The seed's answer to a send: `{"message_id","message_status"}`.
+/// The seed's answer to a send: `{"message_id","message_status"}`, and a
+/// `warning` when kurir expects WhatsApp to refuse it.
 #[derive(Serialize)]
 pub struct Accepted {
     pub message_id: String,
     pub message_status: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<&'static str>,
 }
+
+/// The `warning` of a text accepted for a user whose 24-hour window is
+/// known to be closed.
+pub const OUTSIDE_WINDOW: &str = "the user last wrote more than 24 hours ago (as far as kurir knows), so WhatsApp will likely refuse free-form text (131047): send a template instead";
 
 #[derive(Serialize)]
 pub struct StatusUpdateJson {

@@ -1,20 +1,22 @@
 //! Messages as the API sees them: accept, read, list.
 
 use chrono::{DateTime, Utc};
-use kurir_core::{AccountId, JobKind, LastError, MessageBody, MessageId, MessageStatus, UserId};
+use kurir_core::{
+    AccountId, Content, JobKind, LastError, MessageBody, MessageId, MessageStatus, Template, UserId,
+};
 use tokio_postgres::Row;
 use tracing::instrument;
 
 use crate::{
     GenericClient, Result, corrupt,
-    pipeline::{Publishable, Publishing, insert_accepted},
+    pipeline::{Accepted, AcceptedRow, Publishing, insert_accepted},
 };
 
 #[derive(Debug, Clone)]
 pub struct Message {
     pub id: MessageId,
     pub user_id: UserId,
-    pub body: MessageBody,
+    pub content: Content,
     pub status: MessageStatus,
     pub attempts: i32,
     pub next_attempt_at: Option<DateTime<Utc>>,
@@ -32,7 +34,7 @@ pub struct Message {
 /// `last_error` only while it explains the state: a retry waiting or in
 /// flight, or `failed`. Once the provider took the message the error of an
 /// earlier attempt explains nothing; it stays in the attempt history.
-const COLUMNS: &str = "m.id, m.user_id, m.body, m.state, m.attempts,
+const COLUMNS: &str = "m.id, m.user_id, m.body, m.template, m.state, m.attempts,
      CASE WHEN m.state = 'queued' AND m.attempts > 0 THEN m.due_at END AS next_attempt_at,
      CASE WHEN m.state NOT IN ('sent', 'delivered', 'read') THEN m.last_error END AS last_error,
      m.provider_message_id, m.created_at, m.updated_at,
@@ -44,12 +46,36 @@ pub(crate) fn last_error(value: Option<serde_json::Value>) -> Result<Option<Last
         .transpose()
 }
 
+/// A message's `body` and `template` columns (exactly one is set).
+pub(crate) fn content(
+    body: Option<String>,
+    template: Option<serde_json::Value>,
+) -> Result<Content> {
+    match (body, template) {
+        (Some(body), None) => Ok(Content::Text(MessageBody::from_trusted(body))),
+        (None, Some(template)) => Template::from_stored(&template)
+            .map(Content::Template)
+            .map_err(corrupt),
+        _ => Err(corrupt(
+            "a message with both or neither of body and template",
+        )),
+    }
+}
+
+/// What the `body` and `template` columns hold for `content`.
+pub(crate) fn columns(content: &Content) -> (Option<&str>, Option<serde_json::Value>) {
+    match content {
+        Content::Text(body) => (Some(body.as_str()), None),
+        Content::Template(template) => (None, Some(template.to_json())),
+    }
+}
+
 /// A row of [`COLUMNS`], read by name.
 fn from_row(row: &Row) -> Result<Message> {
     Ok(Message {
         id: MessageId(row.get("id")),
         user_id: UserId::from_trusted(row.get("user_id")),
-        body: MessageBody::from_trusted(row.get("body")),
+        content: content(row.get("body"), row.get("template"))?,
         status: row.get::<_, &str>("state").parse().map_err(corrupt)?,
         attempts: row.get("attempts"),
         next_attempt_at: row.get("next_attempt_at"),
@@ -70,7 +96,7 @@ pub struct NewMessage {
     pub id: MessageId,
     pub account: AccountId,
     pub user: UserId,
-    pub body: MessageBody,
+    pub content: Content,
     /// A request waits for its outcome (`Prefer: wait`).
     pub waited: bool,
 }
@@ -83,15 +109,17 @@ pub async fn insert_many(
     client: &impl GenericClient,
     messages: &[NewMessage],
     publishing: Publishing,
-) -> Result<Vec<Publishable>> {
+) -> Result<Vec<Accepted>> {
     let rows = messages.iter().map(|m| {
-        (
-            m.id.0,
-            m.account,
-            m.user.as_str(),
-            m.body.as_str(),
-            m.waited,
-        )
+        let (text, template) = columns(&m.content);
+        AcceptedRow {
+            id: m.id.0,
+            account: m.account,
+            user: m.user.as_str(),
+            text,
+            template,
+            waited: m.waited,
+        }
     });
     insert_accepted(client, JobKind::Message, rows, publishing).await
 }

@@ -26,7 +26,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use kurir_core::{
-    AccountId, JobKind, JobState, LastError, MessageBody, MessageId, PhoneNumber, StatusText,
+    AccountId, Content, JobKind, JobState, LastError, MessageId, PhoneNumber, StatusText,
     StatusUpdateId, UserId,
 };
 use tracing::instrument;
@@ -168,49 +168,72 @@ impl Publishing {
     }
 }
 
-/// One row for [`insert_accepted`]: id, account, user, text (a message's
-/// body or a status update's status), and whether a request waits for its
-/// outcome (then its final state is NOTIFYed on [`DONE_CHANNEL`]).
-pub(crate) type AcceptedRow<'a> = (Uuid, AccountId, &'a str, &'a str, bool);
+/// One row for [`insert_accepted`].
+pub(crate) struct AcceptedRow<'a> {
+    pub id: Uuid,
+    pub account: AccountId,
+    pub user: &'a str,
+    /// A message's body (`None` for a template) or a status update's status.
+    pub text: Option<&'a str>,
+    /// A message's template (only messages have one).
+    pub template: Option<serde_json::Value>,
+    /// A request waits for its outcome: its final state is NOTIFYed on
+    /// [`DONE_CHANNEL`].
+    pub waited: bool,
+}
 
 /// The accept shared by both kinds: one multi-row INSERT of
 /// [`AcceptedRow`]s, stored as `publishing` says; a row whose user does not
-/// exist in its account is not stored. Returns what is to be published of
-/// those stored, and wakes the relays if they are to publish them.
+/// exist in its account is not stored. Returns the rows stored (what is to
+/// be published), and wakes the relays if they are to publish them.
 pub(crate) async fn insert_accepted<'a>(
     client: &impl GenericClient,
     kind: JobKind,
     rows: impl Iterator<Item = AcceptedRow<'a>>,
     publishing: Publishing,
-) -> Result<Vec<Publishable>> {
+) -> Result<Vec<Accepted>> {
     let mut ids = Vec::new();
     let mut accounts = Vec::new();
     let mut users = Vec::new();
     let mut texts = Vec::new();
     let mut waited = Vec::new();
-    for (id, account, user, text, waits) in rows {
-        ids.push(id);
-        accounts.push(account.0);
-        users.push(user);
-        texts.push(text);
-        waited.push(waits);
+    let mut templates = Vec::new();
+    for row in rows {
+        ids.push(row.id);
+        accounts.push(row.account.0);
+        users.push(row.user);
+        texts.push(row.text);
+        templates.push(row.template);
+        waited.push(row.waited);
     }
     if ids.is_empty() {
         return Ok(Vec::new());
     }
     let t = table(kind);
-    let text = match kind {
-        JobKind::Message => "body",
-        JobKind::StatusUpdate => "status",
+    let (text, template, template_value) = match kind {
+        JobKind::Message => ("body", ", template", ", n.template"),
+        JobKind::StatusUpdate => ("status", "", ""),
+    };
+    // A text to a user whose 24-hour window kurir knows to be closed: the
+    // request's answer warns of it (README, "The 24-hour window").
+    let outside_window = match kind {
+        JobKind::Message => {
+            "COALESCE(body IS NOT NULL AND
+                 (SELECT max(c.last_inbound_at) FROM whatsapp_contacts c
+                  WHERE c.wa_id = (SELECT substr(u.phone_number, 2) FROM users u
+                                   WHERE u.account_id = messages.account_id AND u.id = messages.user_id))
+                 < now() - interval '24 hours', false)"
+        }
+        JobKind::StatusUpdate => "false",
     };
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at, waited)
-             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END, n.waited
-             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $6::bool[])
-                  AS n(id, account_id, user_id, text, waited)
+            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at, waited{template})
+             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END, n.waited{template_value}
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $6::bool[], $7::jsonb[])
+                  AS n(id, account_id, user_id, text, waited, template)
              JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
-             RETURNING id, account_id"
+             RETURNING id, account_id, {outside_window} AS outside_window"
         ))
         .await?;
     let stored = client
@@ -223,6 +246,7 @@ pub(crate) async fn insert_accepted<'a>(
                 &texts,
                 &publishing.published(),
                 &waited,
+                &templates,
             ],
         )
         .await?;
@@ -231,8 +255,21 @@ pub(crate) async fn insert_accepted<'a>(
     }
     Ok(stored
         .iter()
-        .map(|row| Publishable::accepted(kind, row.get("id"), AccountId(row.get("account_id"))))
+        .map(|row| Accepted {
+            row: Publishable::accepted(kind, row.get("id"), AccountId(row.get("account_id"))),
+            outside_window: row.get("outside_window"),
+        })
         .collect())
+}
+
+/// A row [`insert_accepted`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Accepted {
+    pub row: Publishable,
+    /// A text message to a user whose 24-hour window is known to be closed
+    /// (they last wrote more than 24 hours ago): WhatsApp will likely
+    /// refuse it (131047).
+    pub outside_window: bool,
 }
 
 /// Claims up to `limit` due, unpublished rows that nobody is publishing, for
@@ -437,7 +474,7 @@ pub struct ClaimedMessage {
     pub account: AccountId,
     pub user_id: UserId,
     pub to: PhoneNumber,
-    pub body: MessageBody,
+    pub content: Content,
     /// This attempt's number, 1 for the first.
     pub attempt: i32,
     pub created_at: DateTime<Utc>,
@@ -463,6 +500,10 @@ fn claim_sql(kind: JobKind, payload: &str) -> String {
         JobKind::Message => "sender_id = $3,",
         JobKind::StatusUpdate => "",
     };
+    let template = match kind {
+        JobKind::Message => "j.template",
+        JobKind::StatusUpdate => "NULL::jsonb",
+    };
     format!(
         "UPDATE {t} AS j
          SET state = 'sending', attempts = j.attempts + 1, {sender}
@@ -472,7 +513,7 @@ fn claim_sql(kind: JobKind, payload: &str) -> String {
          WHERE j.id = ANY($1) AND j.state = 'queued' AND j.due_at <= now()
            AND u.account_id = j.account_id AND u.id = j.user_id
          RETURNING j.id, j.account_id, j.user_id, u.phone_number, {payload} AS payload,
-                   j.attempts, j.created_at"
+                   {template} AS template, j.attempts, j.created_at"
     )
 }
 
@@ -507,18 +548,19 @@ pub async fn claim_messages(
     sender: Option<&str>,
 ) -> Result<Vec<ClaimedMessage>> {
     let rows = claim_rows(client, JobKind::Message, "j.body", ids, lease, sender).await?;
-    Ok(rows
-        .iter()
-        .map(|row| ClaimedMessage {
-            id: MessageId(row.get("id")),
-            account: AccountId(row.get("account_id")),
-            user_id: UserId::from_trusted(row.get("user_id")),
-            to: PhoneNumber::from_trusted(row.get("phone_number")),
-            body: MessageBody::from_trusted(row.get("payload")),
-            attempt: row.get("attempts"),
-            created_at: row.get("created_at"),
+    rows.iter()
+        .map(|row| {
+            Ok(ClaimedMessage {
+                id: MessageId(row.get("id")),
+                account: AccountId(row.get("account_id")),
+                user_id: UserId::from_trusted(row.get("user_id")),
+                to: PhoneNumber::from_trusted(row.get("phone_number")),
+                content: crate::messages::content(row.get("payload"), row.get("template"))?,
+                attempt: row.get("attempts"),
+                created_at: row.get("created_at"),
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Takes status updates for delivery, as [`claim_messages`].

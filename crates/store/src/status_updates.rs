@@ -10,7 +10,7 @@ use tracing::instrument;
 use crate::{
     GenericClient, Result, corrupt,
     messages::last_error,
-    pipeline::{Publishable, Publishing, insert_accepted},
+    pipeline::{Accepted, AcceptedRow, Publishing, insert_accepted},
 };
 
 #[derive(Debug, Clone)]
@@ -69,15 +69,14 @@ pub async fn insert_many(
     client: &impl GenericClient,
     updates: &[NewStatusUpdate],
     publishing: Publishing,
-) -> Result<Vec<Publishable>> {
-    let rows = updates.iter().map(|u| {
-        (
-            u.id.0,
-            u.account,
-            u.user.as_str(),
-            u.status.as_str(),
-            u.waited,
-        )
+) -> Result<Vec<Accepted>> {
+    let rows = updates.iter().map(|u| AcceptedRow {
+        id: u.id.0,
+        account: u.account,
+        user: u.user.as_str(),
+        text: Some(u.status.as_str()),
+        template: None,
+        waited: u.waited,
     });
     insert_accepted(client, JobKind::StatusUpdate, rows, publishing).await
 }

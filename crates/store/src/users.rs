@@ -17,6 +17,9 @@ pub struct User {
     pub status: StatusText,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// Until when WhatsApp takes free-form text for this user (24 hours
+    /// after they last wrote), if kurir knows when they last did.
+    pub window_open_until: Option<DateTime<Utc>>,
 }
 
 #[derive(Debug, Clone)]
@@ -28,7 +31,11 @@ pub struct NewUser {
     pub status: StatusText,
 }
 
-const COLUMNS: &str = "id, seq, name, phone_number, profile_image, status, created_at, updated_at";
+/// `window_open_until`: 24 hours after the user last wrote to a number
+/// kurir sends from, if the receipts webhook heard of it (else NULL).
+const COLUMNS: &str = "id, seq, name, phone_number, profile_image, status, created_at, updated_at,
+     (SELECT max(c.last_inbound_at) FROM whatsapp_contacts c
+      WHERE c.wa_id = substr(users.phone_number, 2)) + interval '24 hours' AS window_open_until";
 
 /// A row of [`COLUMNS`], read by name.
 fn from_row(row: &Row) -> User {
@@ -43,6 +50,7 @@ fn from_row(row: &Row) -> User {
         status: StatusText::from_trusted(row.get("status")),
         created_at: row.get("created_at"),
         updated_at: row.get("updated_at"),
+        window_open_until: row.get("window_open_until"),
     }
 }
 

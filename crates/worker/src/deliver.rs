@@ -408,7 +408,7 @@ fn log_outcome(outcome: &Outcome, resolution: &Resolution, attempt: i32, latency
 
 #[cfg(test)]
 mod tests {
-    use kurir_core::{AccountId, MessageBody, PhoneNumber, UserId};
+    use kurir_core::{AccountId, Content, MessageBody, PhoneNumber, UserId};
 
     use super::*;
 
@@ -418,7 +418,7 @@ mod tests {
             account: AccountId(7),
             user_id: UserId::from_trusted("u1".into()),
             to: PhoneNumber::from_trusted("+6281234567890".into()),
-            body: MessageBody::from_trusted("hi".into()),
+            content: Content::Text(MessageBody::from_trusted("hi".into())),
             attempt: 2,
             created_at: Utc::now(),
         })

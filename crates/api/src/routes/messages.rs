@@ -2,7 +2,8 @@
 
 use axum::{Json, extract::State, http::StatusCode, response::Response};
 use kurir_core::{
-    AccountId, FieldError, JobKind, MessageBody, MessageId, MessageStatus, UserId, ValidationErrors,
+    AccountId, Content, FieldError, JobKind, MessageBody, MessageId, MessageStatus, Template,
+    UserId, ValidationErrors,
 };
 use kurir_store::{
     idempotency::{self as key_store, Scope},
@@ -17,7 +18,7 @@ use crate::{
     accept::{Accept, NewJob, Stored},
     dto::{
         Accepted, AttemptList, BatchResult, BatchResults, Limit, MessageJson, MessageList,
-        decode_cursor, encode_cursor, status_filter,
+        OUTSIDE_WINDOW, decode_cursor, encode_cursor, status_filter,
     },
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
@@ -32,6 +33,64 @@ use crate::{
 #[serde(deny_unknown_fields)]
 pub struct SendMessage {
     message: Option<String>,
+    template: Option<serde_json::Value>,
+}
+
+/// A send's content: `message` (text) or `template`, exactly one.
+fn content(
+    errors: &mut ValidationErrors,
+    message: Option<String>,
+    template: Option<serde_json::Value>,
+) -> Option<Content> {
+    match (message, template) {
+        (Some(_), Some(_)) => {
+            errors.push(FieldError::new(
+                "template",
+                "send either message (text) or template, not both",
+            ));
+            None
+        }
+        (None, None) => {
+            errors.push(FieldError::new(
+                "message",
+                "is required (or send a template instead)",
+            ));
+            None
+        }
+        (Some(text), None) => errors
+            .check(MessageBody::parse("message", &text))
+            .map(Content::Text),
+        (None, Some(raw)) => match Template::parse("template", &raw) {
+            Ok(template) => Some(Content::Template(template)),
+            Err(more) => {
+                errors.0.extend(more.0);
+                None
+            }
+        },
+    }
+}
+
+/// What a key's fingerprint takes of a message's content: a text as it
+/// always did (keys kept before templates existed still match), a
+/// template as canonical JSON.
+fn content_print(content: &Content) -> Vec<Vec<u8>> {
+    match content {
+        Content::Text(body) => vec![body.as_str().as_bytes().to_vec()],
+        Content::Template(template) => {
+            vec![b"template".to_vec(), canonical_json(&template.to_json())]
+        }
+    }
+}
+
+/// The answer's `warning`, if any.
+fn warning(stored: &Result<Stored, ApiError>) -> Option<&'static str> {
+    matches!(
+        stored,
+        Ok(Stored::New {
+            outside_window: true
+        })
+    )
+    .then_some(OUTSIDE_WINDOW)
 }
 
 /// `POST /v1/users/{id}/messages`: 202 once the message is stored; the
@@ -49,9 +108,7 @@ pub async fn send(
 ) -> ApiResult<Response> {
     let user = user_id(&user)?;
     let mut errors = ValidationErrors::default();
-    let text = errors.require("message", body.message);
-    let text = text.and_then(|raw| errors.check(MessageBody::parse("message", &raw)));
-    let Some(text) = text else {
+    let Some(content) = content(&mut errors, body.message, body.template) else {
         return Err(ApiError::validation(errors));
     };
     let id = MessageId::generate();
@@ -61,21 +118,23 @@ pub async fn send(
         &Accepted {
             message_id: id.to_string(),
             message_status: MessageStatus::Queued.as_str(),
+            warning: None,
         },
     );
     let key = key.map(|key| {
-        let print = fingerprint([
-            &b"POST /v1/users/{id}/messages"[..],
-            user.as_str().as_bytes(),
-            text.as_str().as_bytes(),
-        ]);
+        let mut parts = vec![
+            b"POST /v1/users/{id}/messages".to_vec(),
+            user.as_str().as_bytes().to_vec(),
+        ];
+        parts.extend(content_print(&content));
+        let print = fingerprint(parts.iter().map(Vec::as_slice));
         claim(account, Scope::Request, key, print, response.clone())
     });
     let message = NewMessage {
         id,
         account,
         user,
-        body: text,
+        content,
         waited: wait.is_some(),
     };
     // Before the commit, so that a delivery faster than our answer is not missed.
@@ -92,8 +151,9 @@ pub async fn send(
         })
         .await;
     // Tokens pay for new rows only: a replay stores nothing.
-    let limit_headers = intake.keep(usize::from(matches!(stored, Ok(Stored::New))));
+    let limit_headers = intake.keep(usize::from(matches!(stored, Ok(Stored::New { .. }))));
     let location = format!("/v1/messages/{id}");
+    let warning = warning(&stored);
     let mut answer = answer_seed_post(&state, stored?, hold, response, kept_key, |status, now| {
         kept_json(
             status,
@@ -101,6 +161,7 @@ pub async fn send(
             &Accepted {
                 message_id: id.to_string(),
                 message_status: now.public(),
+                warning,
             },
         )
     })
@@ -120,6 +181,7 @@ pub struct SendBatch {
 struct BatchItem {
     user_id: Option<String>,
     message: Option<String>,
+    template: Option<serde_json::Value>,
     idempotency_key: Option<String>,
 }
 
@@ -145,8 +207,7 @@ fn batch_item(
     let mut errors = ValidationErrors::default();
     let user = errors.require("user_id", item.user_id);
     let user = user.and_then(|raw| errors.check(UserId::parse("user_id", &raw)));
-    let text = errors.require("message", item.message);
-    let text = text.and_then(|raw| errors.check(MessageBody::parse("message", &raw)));
+    let content = content(&mut errors, item.message, item.template);
     let key = match item.idempotency_key {
         Some(raw) => match key_problem(&raw) {
             None => Some((Scope::Item, raw)),
@@ -157,7 +218,7 @@ fn batch_item(
         },
         None => batch_key.map(|key| (Scope::BatchItem, format!("{key}#{position}"))),
     };
-    let (Some(user), Some(text)) = (user, text) else {
+    let (Some(user), Some(content)) = (user, content) else {
         return Err(ApiError::validation(errors));
     };
     if !errors.is_empty() {
@@ -165,17 +226,16 @@ fn batch_item(
     }
     let id = MessageId::generate();
     let key = key.map(|(scope, key)| {
-        let print = fingerprint([
-            &b"batch item"[..],
-            user.as_str().as_bytes(),
-            text.as_str().as_bytes(),
-        ]);
+        let mut parts = vec![b"batch item".to_vec(), user.as_str().as_bytes().to_vec()];
+        parts.extend(content_print(&content));
+        let print = fingerprint(parts.iter().map(Vec::as_slice));
         let response = kept_json(
             StatusCode::ACCEPTED,
             None,
             &Accepted {
                 message_id: id.to_string(),
                 message_status: MessageStatus::Queued.as_str(),
+                warning: None,
             },
         );
         claim(account, scope, key, print, response)
@@ -185,7 +245,7 @@ fn batch_item(
             id,
             account,
             user,
-            body: text,
+            content,
             waited: false,
         }),
         key,
@@ -264,18 +324,19 @@ pub async fn send_batch(
     let limit_headers = intake.keep(
         answers
             .iter()
-            .filter(|a| matches!(a, Ok(Stored::New)))
+            .filter(|a| matches!(a, Ok(Stored::New { .. })))
             .count(),
     );
     let mut stored_any = false;
     let mut unavailable = None;
     for ((position, id), answer) in positions.into_iter().zip(answers) {
         results[position] = Some(match answer {
-            Ok(Stored::New) => {
+            Ok(Stored::New { outside_window }) => {
                 stored_any = true;
                 BatchResult::Accepted(Accepted {
                     message_id: id.to_string(),
                     message_status: MessageStatus::Queued.as_str(),
+                    warning: outside_window.then_some(OUTSIDE_WINDOW),
                 })
             }
             Ok(Stored::Replay(first)) => {

@@ -34,7 +34,7 @@ pub(crate) async fn answer_seed_post(
 ) -> Response {
     match stored {
         Stored::Replay(kept) => respond(kept, true),
-        Stored::New => {
+        Stored::New { .. } => {
             let answer = hold.answer().await;
             let kept = answer_for(answer.status(), answer.state);
             if kept != first

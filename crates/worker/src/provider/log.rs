@@ -2,6 +2,7 @@
 //! default, so a first run works end to end.
 
 use async_trait::async_trait;
+use kurir_core::Content;
 
 use super::{ClaimedMessage, ClaimedStatusUpdate, Outcome, Provider};
 
@@ -17,15 +18,28 @@ impl Provider for LogProvider {
     }
 
     async fn send_message(&self, message: &ClaimedMessage) -> Outcome {
-        tracing::info!(
-            provider = "log",
-            message_id = %message.id,
-            user_id = %message.user_id,
-            to = %message.to,
-            body_chars = message.body.as_str().chars().count(),
-            attempt = message.attempt,
-            "message delivered (log provider)"
-        );
+        // The length of a text, never the text; a template by its name.
+        match &message.content {
+            Content::Text(body) => tracing::info!(
+                provider = "log",
+                message_id = %message.id,
+                user_id = %message.user_id,
+                to = %message.to,
+                body_chars = body.as_str().chars().count(),
+                attempt = message.attempt,
+                "message delivered (log provider)"
+            ),
+            Content::Template(template) => tracing::info!(
+                provider = "log",
+                message_id = %message.id,
+                user_id = %message.user_id,
+                to = %message.to,
+                template = %template.name,
+                language = %template.language,
+                attempt = message.attempt,
+                "template message delivered (log provider)"
+            ),
+        }
         Outcome::Delivered {
             provider_message_id: Some(format!("log-{}", message.id)),
             http_status: None,

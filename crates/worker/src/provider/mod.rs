@@ -12,6 +12,7 @@ use kurir_core::config::{ProviderArgs, ProviderKind};
 
 mod http;
 mod log;
+mod meta_errors;
 #[cfg(test)]
 mod test_support;
 mod webhook;

@@ -5,7 +5,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use kurir_core::{
-    AccountId, MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
+    AccountId, Content, MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
     config::{ProviderArgs, ProviderKind},
 };
 
@@ -24,7 +24,9 @@ pub fn message() -> ClaimedMessage {
         created_at: chrono::Utc::now(),
         user_id: UserId::parse("user_id", "usr_1").expect("user id"),
         to: PhoneNumber::parse("to", "+6281234567890").expect("phone"),
-        body: MessageBody::parse("message", "Halo, apa kabar? ✓ \"quoted\"").expect("body"),
+        content: Content::Text(
+            MessageBody::parse("message", "Halo, apa kabar? ✓ \"quoted\"").expect("body"),
+        ),
         attempt: 1,
     }
 }

@@ -15,7 +15,8 @@ use base64::{
 };
 use hmac::{Hmac, Mac};
 use kurir_core::{
-    MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId, config::ProviderArgs,
+    MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, Template, UserId,
+    config::ProviderArgs,
 };
 use reqwest::{Client, Url, header::CONTENT_TYPE};
 use serde::Serialize;
@@ -63,7 +64,12 @@ struct MessageEvent<'a> {
     message_id: MessageId,
     user_id: &'a UserId,
     to: &'a PhoneNumber,
-    message: &'a MessageBody,
+    /// A text message's text.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a MessageBody>,
+    /// A template message's template, as the client sent it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    template: Option<serde_json::Value>,
     attempt: i32,
 }
 
@@ -170,7 +176,8 @@ impl Provider for WebhookProvider {
             message_id: message.id,
             user_id: &message.user_id,
             to: &message.to,
-            message: &message.body,
+            message: message.content.text(),
+            template: message.content.template().map(Template::to_json),
             attempt: message.attempt,
         };
         self.deliver(&message.id.to_string(), &event).await
@@ -309,7 +316,7 @@ mod tests {
                 "message_id": message.id.to_string(),
                 "user_id": "usr_1",
                 "to": "+6281234567890",
-                "message": message.body.as_str(),
+                "message": message.content.text().unwrap().as_str(),
                 "attempt": 3,
             })
         );

@@ -17,16 +17,9 @@ use serde_json::{Value, json};
 use super::{
     ClaimedMessage, ClaimedStatusUpdate, Outcome, Provider, ProviderError,
     http::{self, Answer, MAX_DETAIL_CHARS},
+    meta_errors::{self, MUCH_LATER, Treatment},
 };
-use kurir_core::config::ProviderArgs;
-
-/// Meta error codes that mean "try again later": rate limits (130429, 131056),
-/// service unavailable (131016, 2), and "something went wrong" (131000).
-const RETRYABLE_CODES: [i64; 5] = [130429, 131056, 131016, 131000, 2];
-
-/// Meta error codes that will never succeed: undeliverable (131026), outside
-/// the customer-service window (131047), missing or invalid parameter (131008, 100).
-const PERMANENT_CODES: [i64; 4] = [131026, 131047, 131008, 100];
+use kurir_core::{Content, config::ProviderArgs};
 
 /// Sends through the WhatsApp Cloud API with one shared HTTP client.
 pub struct WhatsAppProvider {
@@ -129,23 +122,36 @@ impl Provider for WhatsAppProvider {
     }
 
     async fn send_message(&self, message: &ClaimedMessage) -> Outcome {
-        let payload = json!({
+        let mut payload = json!({
             "messaging_product": "whatsapp",
             "recipient_type": "individual",
             "to": message.to.digits(),
-            "type": "text",
-            "text": {
-                "preview_url": false,
-                "body": message.body.as_str(),
-            },
             "biz_opaque_callback_data": message.id.to_string(),
         });
+        match &message.content {
+            Content::Text(body) => {
+                payload["type"] = json!("text");
+                payload["text"] = json!({"preview_url": false, "body": body.as_str()});
+            }
+            Content::Template(template) => {
+                let mut object = json!({
+                    "name": template.name,
+                    "language": {"code": template.language},
+                });
+                let components = template.components();
+                if !components.is_empty() {
+                    object["components"] = Value::Array(components);
+                }
+                payload["type"] = json!("template");
+                payload["template"] = object;
+            }
+        }
         let answer = match self.post(&self.messages_url, &payload).await {
             Ok(answer) => answer,
             Err(outcome) => return outcome,
         };
         if !answer.status.is_success() {
-            return classify_error(&answer);
+            return classify_error(&answer, Some(&message.content));
         }
         let provider_message_id = wamid(&answer.body);
         if provider_message_id.is_none() {
@@ -172,7 +178,7 @@ impl Provider for WhatsAppProvider {
             Err(outcome) => return outcome,
         };
         if !answer.status.is_success() {
-            return classify_error(&answer);
+            return classify_error(&answer, None);
         }
         Outcome::Delivered {
             provider_message_id: None,
@@ -246,9 +252,11 @@ impl MetaError {
     }
 }
 
-/// Classifies a non-2xx answer: by Meta's error code where it is one we know,
-/// else by the HTTP status (429 and 5xx retryable, other 4xx permanent).
-fn classify_error(answer: &Answer) -> Outcome {
+/// Classifies a non-2xx answer: by Meta's error code where the table
+/// ([`meta_errors`]) names it, else by the HTTP status (429 and 5xx
+/// retryable, other 4xx permanent). `content`: what was sent, for advice
+/// that names it (`None` for a status update).
+fn classify_error(answer: &Answer, content: Option<&Content>) -> Outcome {
     let status = answer.status;
     let meta = serde_json::from_slice::<MetaErrorBody>(&answer.body)
         .ok()
@@ -257,8 +265,13 @@ fn classify_error(answer: &Answer) -> Outcome {
     let detail = meta
         .as_ref()
         .and_then(MetaError::detail)
-        .map(|detail| http::truncate(&detail, MAX_DETAIL_CHARS))
         .unwrap_or_else(|| answer.detail());
+    // What to do first: a long answer from Meta is what gets cut.
+    let detail = match code.and_then(|code| meta_errors::advice(code, content)) {
+        Some(advice) => format!("{advice}. WhatsApp said: {detail}"),
+        None => detail,
+    };
+    let detail = http::truncate(&detail, MAX_DETAIL_CHARS);
 
     if let Some(meta) = &meta {
         tracing::debug!(
@@ -276,13 +289,34 @@ fn classify_error(answer: &Answer) -> Outcome {
         detail,
         Some(status.as_u16()),
     );
-    match code {
-        Some(code) if RETRYABLE_CODES.contains(&code) => Outcome::Retryable {
+    match code.and_then(meta_errors::treatment) {
+        Some(Treatment::Retry) => Outcome::Retryable {
             error,
             retry_after: answer.retry_after(),
         },
-        Some(code) if PERMANENT_CODES.contains(&code) => Outcome::Permanent { error },
-        _ => answer.status_outcome(error),
+        Some(Treatment::RetryMuchLater) => Outcome::Retryable {
+            error,
+            retry_after: Some(
+                answer
+                    .retry_after()
+                    .map_or(MUCH_LATER, |after| after.max(MUCH_LATER)),
+            ),
+        },
+        Some(Treatment::PermanentForMessage | Treatment::PermanentForRecipient) => {
+            Outcome::Permanent { error }
+        }
+        Some(Treatment::StopTheSender) => {
+            // An operator alert: every message from this sender fails the
+            // same way until someone fixes the account.
+            tracing::error!(
+                provider = "whatsapp",
+                code = %error.code,
+                detail = %error.detail,
+                "WhatsApp refused the sending account; fix it (messages fail until then)"
+            );
+            Outcome::Permanent { error }
+        }
+        None => answer.status_outcome(error),
     }
 }
 
@@ -369,7 +403,7 @@ mod tests {
                 "recipient_type": "individual",
                 "to": "6281234567890",
                 "type": "text",
-                "text": {"preview_url": false, "body": message.body.as_str()},
+                "text": {"preview_url": false, "body": message.content.text().unwrap().as_str()},
                 "biz_opaque_callback_data": message.id.to_string(),
             })
         );
@@ -429,39 +463,158 @@ mod tests {
         assert_eq!(error.code, "100");
     }
 
+    /// Sends `code` with HTTP 400 (or 500), so the code, not the status,
+    /// decides; with a `Retry-After: 30`.
+    async fn classified(code: i64, http_status: u16) -> Outcome {
+        answer(
+            Reply::json(http_status, meta_error(code, Some("Recipient gone")))
+                .header("retry-after", "30"),
+        )
+        .await
+    }
+
+    /// What Meta said, as `last_error.detail` quotes it.
+    const META_SAID: &str = "(#131026) Message undeliverable — Recipient gone";
+
     #[tokio::test]
-    async fn classifies_meta_error_codes() {
-        // Sent with 400 (or 500) so the code, not the status, decides.
-        for code in RETRYABLE_CODES {
-            let outcome =
-                answer(Reply::json(400, meta_error(code, None)).header("retry-after", "30")).await;
+    async fn error_table_retry_with_backoff() {
+        for code in meta_errors::RETRY {
+            let outcome = classified(code, 400).await;
             assert_eq!(
                 outcome,
                 Outcome::Retryable {
-                    error: ProviderError::new(
-                        code.to_string(),
-                        "(#131026) Message undeliverable",
-                        Some(400)
-                    ),
+                    error: ProviderError::new(code.to_string(), META_SAID, Some(400)),
                     retry_after: Some(Duration::from_secs(30)),
                 },
                 "code {code}"
             );
         }
-        for code in PERMANENT_CODES {
-            let outcome = answer(Reply::json(500, meta_error(code, Some("Recipient gone")))).await;
-            assert_eq!(
-                outcome,
-                Outcome::Permanent {
-                    error: ProviderError::new(
-                        code.to_string(),
-                        "(#131026) Message undeliverable — Recipient gone",
-                        Some(500)
-                    ),
-                },
-                "code {code}"
+    }
+
+    #[tokio::test]
+    async fn error_table_retry_much_later() {
+        for code in meta_errors::RETRY_MUCH_LATER {
+            let Outcome::Retryable { error, retry_after } = classified(code, 400).await else {
+                panic!("code {code} should be retried");
+            };
+            // Hours, not the 30 s the answer asked for.
+            assert_eq!(retry_after, Some(MUCH_LATER), "code {code}");
+            assert!(MUCH_LATER >= Duration::from_secs(3600));
+            assert!(error.detail.ends_with(META_SAID), "{}", error.detail);
+        }
+    }
+
+    #[tokio::test]
+    async fn error_table_permanent_for_the_message() {
+        for code in meta_errors::PERMANENT_FOR_MESSAGE {
+            let Outcome::Permanent { error } = classified(code, 500).await else {
+                panic!("code {code} should be permanent");
+            };
+            assert_eq!(error.code, code.to_string());
+            assert!(error.detail.contains(META_SAID), "{}", error.detail);
+        }
+    }
+
+    #[tokio::test]
+    async fn error_table_permanent_for_the_recipient() {
+        for code in meta_errors::PERMANENT_FOR_RECIPIENT {
+            let Outcome::Permanent { error } = classified(code, 500).await else {
+                panic!("code {code} should be permanent");
+            };
+            assert_eq!(error.code, code.to_string());
+            // Each says what it means for the recipient, then Meta's words.
+            assert!(
+                error.detail.len() > META_SAID.len() + 20 && error.detail.ends_with(META_SAID),
+                "code {code}: {}",
+                error.detail
             );
         }
+        let Outcome::Permanent { error } = classified(131047, 400).await else {
+            panic!("131047 should be permanent");
+        };
+        assert!(
+            error.detail.contains("24-hour window")
+                && error.detail.contains("send this as a template"),
+            "{}",
+            error.detail
+        );
+    }
+
+    #[tokio::test]
+    async fn error_table_stop_the_sender() {
+        for code in meta_errors::STOP_THE_SENDER {
+            let Outcome::Permanent { error } = classified(code, 400).await else {
+                panic!("code {code} should fail the message");
+            };
+            // It says what to fix, for the operator.
+            assert!(
+                error.detail.contains("(operator)"),
+                "code {code}: {}",
+                error.detail
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn template_errors_name_the_template() {
+        let server = TestServer::start(Reply::json(400, meta_error(132001, None))).await;
+        let template = kurir_core::Template::parse(
+            "template",
+            &json!({"name": "order_updat", "language": "id", "parameters": ["Budi"]}),
+        )
+        .unwrap();
+        let message = ClaimedMessage {
+            content: Content::Template(template),
+            ..message()
+        };
+        let Outcome::Permanent { error } = provider(&server.url()).send_message(&message).await
+        else {
+            panic!("132001 should be permanent");
+        };
+        assert_eq!(error.code, "132001");
+        assert!(
+            error
+                .detail
+                .starts_with("template order_updat (id) does not exist"),
+            "{}",
+            error.detail
+        );
+    }
+
+    #[tokio::test]
+    async fn sends_a_template_message() {
+        let mut server =
+            TestServer::start(Reply::json(200, json!({"messages": [{"id": "wamid.T"}]}))).await;
+        let provider = provider(&format!("{}/v25.0", server.url()));
+        let positional = kurir_core::Template::parse(
+            "template",
+            &json!({"name": "order_update", "language": "id", "parameters": ["Budi", "#1234"]}),
+        )
+        .unwrap();
+        let message = ClaimedMessage {
+            content: Content::Template(positional),
+            ..message()
+        };
+        assert!(matches!(
+            provider.send_message(&message).await,
+            Outcome::Delivered { .. }
+        ));
+        assert_eq!(
+            server.request().await.json(),
+            json!({
+                "messaging_product": "whatsapp",
+                "recipient_type": "individual",
+                "to": "6281234567890",
+                "type": "template",
+                "template": {
+                    "name": "order_update",
+                    "language": {"code": "id"},
+                    "components": [{"type": "body", "parameters": [
+                        {"type": "text", "text": "Budi"}, {"type": "text", "text": "#1234"}]}],
+                },
+                "biz_opaque_callback_data": message.id.to_string(),
+            })
+        );
     }
 
     #[tokio::test]
@@ -534,15 +687,28 @@ mod tests {
 
     #[tokio::test]
     async fn long_meta_detail_is_truncated() {
-        let body = json!({"error": {"message": "m".repeat(400), "code": 131026,
-                                    "error_data": {"details": "d".repeat(400)}}});
-        let outcome = answer(Reply::json(400, body)).await;
+        let body = |code: i64| {
+            json!({"error": {"message": "m".repeat(400), "code": code,
+                             "error_data": {"details": "d".repeat(400)}}})
+        };
+        let outcome = answer(Reply::json(400, body(131_999))).await;
         let Outcome::Permanent { error } = outcome else {
             panic!("expected permanent, got {outcome:?}");
         };
-        assert_eq!(error.code, "131026");
+        assert_eq!(error.code, "131999");
         assert_eq!(error.detail.chars().count(), 500);
         assert!(error.detail.starts_with(&"m".repeat(400)));
+        // kurir's advice comes first and stays whole; Meta's words are cut.
+        let outcome = answer(Reply::json(400, body(131026))).await;
+        let Outcome::Permanent { error } = outcome else {
+            panic!("expected permanent, got {outcome:?}");
+        };
+        assert_eq!(error.detail.chars().count(), 500);
+        assert!(
+            error.detail.starts_with("the recipient cannot receive"),
+            "{}",
+            error.detail
+        );
     }
 
     #[tokio::test]
