@@ -21,6 +21,7 @@ mod receipts;
 mod record;
 mod routes;
 mod state;
+mod templates;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,11 +59,11 @@ pub struct Sandbox {
 
 /// Binds `config.addr`, spawns the server and returns at once.
 ///
-/// Fails with `InvalidInput` when the config does not validate, or with the
-/// bind error.
+/// Fails with `InvalidInput` when the config does not validate (including a
+/// templates file that cannot be read or parsed), or with the bind error.
 pub async fn start(config: Config) -> std::io::Result<Sandbox> {
-    config
-        .validate()
+    let templates = config
+        .checked()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
@@ -87,7 +88,12 @@ pub async fn start(config: Config) -> std::io::Result<Sandbox> {
             None
         }
     };
-    let state = Arc::new(AppState::new(&config, receipts, shutdown.clone()));
+    let state = Arc::new(AppState::new(
+        &config,
+        templates,
+        receipts,
+        shutdown.clone(),
+    ));
     let router = routes::router(Arc::clone(&state));
     let server = tokio::spawn(serve(listener, router, Arc::clone(&state)));
 
