@@ -39,7 +39,7 @@ pub use receipts::{
     SANDBOX_DISPLAY_PHONE_NUMBER, SANDBOX_WABA_ID, SIGNATURE_HEADER, business_scoped_id, signature,
 };
 pub use record::{RecordedRequest, RequestKind};
-pub use state::{MAGIC_FLAKY, MAGIC_UNDELIVERABLE};
+pub use state::{MAGIC_FLAKY, MAGIC_OUTSIDE_WINDOW, MAGIC_UNDELIVERABLE};
 
 use crate::receipts::Receipts;
 use crate::state::AppState;

@@ -23,6 +23,9 @@ pub mod codes {
     pub const SERVICE_UNAVAILABLE: u32 = 131_016;
     /// Permanent: the message cannot be delivered.
     pub const UNDELIVERABLE: u32 = 131_026;
+    /// Re-engagement: a free-form message outside the 24-hour customer
+    /// service window (only a template may be sent then).
+    pub const REENGAGEMENT: u32 = 131_047;
     /// The template's body parameters do not match its definition.
     pub const TEMPLATE_PARAM_COUNT_MISMATCH: u32 = 132_000;
     /// No approved template with this name in this language.
@@ -75,6 +78,16 @@ impl MetaError {
             codes::UNDELIVERABLE,
             "Message undeliverable",
             "Sandbox magic recipient +15550000001 never accepts messages.",
+        )
+    }
+
+    /// A free-form message to a user whose last reply is over 24 hours old.
+    pub(crate) fn outside_window() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            codes::REENGAGEMENT,
+            "Re-engagement message",
+            "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
         )
     }
 

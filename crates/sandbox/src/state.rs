@@ -22,6 +22,9 @@ use crate::templates::Templates;
 pub const MAGIC_UNDELIVERABLE: &str = "15550000001";
 /// Fails retryably (503, 131016) twice per message, then succeeds.
 pub const MAGIC_FLAKY: &str = "15550000002";
+/// Outside the 24-hour customer service window: `text` messages fail
+/// (400, 131047); templates are accepted, as on Meta.
+pub const MAGIC_OUTSIDE_WINDOW: &str = "15550000003";
 /// How many attempts of a message to [`MAGIC_FLAKY`] fail.
 const FLAKY_FAILURES: u32 = 2;
 
@@ -211,6 +214,10 @@ impl AppState {
     fn magic(&self, request: &SendRequest) -> Result<(), MetaError> {
         match request.digits.as_str() {
             MAGIC_UNDELIVERABLE => Err(MetaError::undeliverable()),
+            MAGIC_OUTSIDE_WINDOW => match request.content {
+                Content::Text => Err(MetaError::outside_window()),
+                Content::Template(_) => Ok(()),
+            },
             MAGIC_FLAKY => {
                 let key = match &request.callback_data {
                     Some(data) => format!("cb:{data}"),
@@ -693,6 +700,35 @@ mod tests {
             .await
             .expect_err("no body");
         assert_eq!(e.code, 132_000);
+    }
+
+    #[tokio::test]
+    async fn outside_window_refuses_text_but_accepts_templates() {
+        let state = state();
+        for to in ["+15550000003", MAGIC_OUTSIDE_WINDOW] {
+            let text =
+                json!({"messaging_product":"whatsapp","to":to,"type":"text","text":{"body":"Hi"}});
+            let e = send(&state, &text).await.expect_err("text outside window");
+            assert_eq!((e.status.as_u16(), e.code), (400, 131_047));
+            assert_eq!(
+                e.body()["error"]["message"],
+                "(#131047) Re-engagement message"
+            );
+            assert_eq!(
+                e.details,
+                "Message failed to send because more than 24 hours have passed since the customer last replied to this number."
+            );
+            let mut template = order_update("id", &["Budi", "#1234"]);
+            template["to"] = json!(to);
+            let ok = send(&state, &template).await.expect("template accepted");
+            assert!(ok.wamid.is_some());
+        }
+        let untyped =
+            json!({"messaging_product":"whatsapp","to":MAGIC_OUTSIDE_WINDOW,"text":{"body":"Hi"}});
+        assert_eq!(
+            send(&state, &untyped).await.expect_err("untyped").code,
+            131_047
+        );
     }
 
     #[tokio::test]
