@@ -2,8 +2,11 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+use crate::templates::Templates;
 
 /// The default listen address, `127.0.0.1:9090`.
 pub const DEFAULT_ADDR: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9090);
@@ -55,6 +58,11 @@ pub struct Config {
     #[arg(long, env = "KURIR_SANDBOX_RECEIPT_DELAY_MS", default_value_t = DEFAULT_RECEIPT_DELAY_MS,
           value_parser = |s: &str| parse_u64("KURIR_SANDBOX_RECEIPT_DELAY_MS", s))]
     pub receipt_delay_ms: u64,
+
+    /// JSON file of approved templates added to the built-in ones, e.g.
+    /// [{"name":"otp","languages":["en_US","id"],"body_parameters":1}].
+    #[arg(long, env = "KURIR_SANDBOX_TEMPLATES")]
+    pub templates: Option<PathBuf>,
 }
 
 impl Default for Config {
@@ -69,6 +77,7 @@ impl Default for Config {
             receipts_url: None,
             app_secret: None,
             receipt_delay_ms: DEFAULT_RECEIPT_DELAY_MS,
+            templates: None,
         }
     }
 }
@@ -87,8 +96,14 @@ impl std::error::Error for ConfigError {}
 
 impl Config {
     /// Checks what clap cannot (for configs built in code): rates in [0, 1],
-    /// a parseable receipts URL.
+    /// a parseable receipts URL, a readable and well-formed templates file.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.checked().map(drop)
+    }
+
+    /// [`Config::validate`], handing back the templates it loaded so that
+    /// start-up reads the file once.
+    pub(crate) fn checked(&self) -> Result<Templates, ConfigError> {
         check_rate("KURIR_SANDBOX_FAIL_RATE", self.fail_rate).map_err(ConfigError)?;
         check_rate("KURIR_SANDBOX_THROTTLE_RATE", self.throttle_rate).map_err(ConfigError)?;
         if let Some(url) = non_empty(&self.receipts_url) {
@@ -106,7 +121,15 @@ impl Config {
                 }
             }
         }
-        Ok(())
+        Templates::load(self.templates_path()).map_err(ConfigError)
+    }
+
+    /// The templates file, an empty path counting as unset (like an empty
+    /// env var for the other settings).
+    fn templates_path(&self) -> Option<&Path> {
+        self.templates
+            .as_deref()
+            .filter(|p| !p.as_os_str().is_empty())
     }
 
     /// The configured token, empty counting as unset.
@@ -305,6 +328,42 @@ mod tests {
                 .0
                 .contains("KURIR_SANDBOX_RECEIPTS_URL")
         );
+    }
+
+    #[test]
+    fn templates_file_is_loaded_at_validation() {
+        use crate::templates::tests::TempFile;
+
+        let cli = Cli::try_parse_from(["kurir-sandbox", "--templates=/x/t.json"]).expect("parse");
+        assert_eq!(cli.config.templates, Some(PathBuf::from("/x/t.json")));
+        assert!(Config::default().checked().is_ok(), "built-ins only");
+        let empty = Config {
+            templates: Some(PathBuf::new()),
+            ..Config::default()
+        };
+        assert!(empty.validate().is_ok(), "an empty path counts as unset");
+
+        let good = TempFile::new(r#"[{"name":"otp","languages":["id"],"body_parameters":1}]"#);
+        let config = Config {
+            templates: Some(good.0.clone()),
+            ..Config::default()
+        };
+        let templates = config.checked().expect("valid file");
+        assert!(templates.check("otp", "id", 1).is_ok());
+        assert!(templates.check("hello_world", "en_US", 0).is_ok());
+
+        let unparseable = TempFile::new(r#"[{"name":"otp"#);
+        let missing = std::env::temp_dir().join("kurir-sandbox-missing-templates.json");
+        for path in [unparseable.0.clone(), missing] {
+            let bad = Config {
+                templates: Some(path.clone()),
+                ..Config::default()
+            };
+            let e = bad.validate().expect_err("bad file");
+            assert!(e.0.starts_with("KURIR_SANDBOX_TEMPLATES: "), "{e}");
+            assert!(e.0.contains(&path.display().to_string()), "{e}");
+            assert_eq!(e.0.lines().count(), 1, "one line: {e}");
+        }
     }
 
     #[test]

@@ -4,13 +4,27 @@
 //! This crate owns:
 //! - the fake Cloud API endpoints (`POST [/{version}]/{phone_number_id}/messages`
 //!   and `.../whatsapp_business_profile`) with bearer auth and Meta-shaped errors;
+//! - `text` and `template` sends. Templates are checked like Meta checks
+//!   approved ones: a name that does not exist in `language.code` is 400/132001,
+//!   a `body` component with the wrong number of parameters is 400/132000
+//!   (header and button parameters are not counted), a malformed `template`
+//!   object is 400/100. Built in: `hello_world` (`en_US`, no body parameters)
+//!   and `order_update` (`en_US`, `id`; two). `KURIR_SANDBOX_TEMPLATES`
+//!   (`--templates`) names a JSON file of more, read at start, e.g.
+//!   `[{"name":"otp","languages":["en_US","id"],"body_parameters":1}]`
+//!   (`body_parameters` defaults to 0; an entry replaces a built-in with the
+//!   same name and language). A file that cannot be read or parsed stops the
+//!   sandbox at start;
 //! - failure injection: latency, random 500s (131000), random 429s (130429 with
 //!   `Retry-After`), and magic recipients (`+15550000001` always 400/131026,
-//!   `+15550000002` 503/131016 twice per message, then success);
-//! - a record of every request (`GET`/`DELETE /__sandbox/messages`) and runtime
-//!   knobs (`GET`/`PATCH /__sandbox/config`);
+//!   `+15550000002` 503/131016 twice per message, then success,
+//!   `+15550000003` outside the 24-hour window: `text` is 400/131047, templates
+//!   are accepted). Template errors come first, so they use up no attempt;
+//! - a record of every request (`GET`/`DELETE /__sandbox/messages`), with the
+//!   body's `type` and the `template` as received, and runtime knobs
+//!   (`GET`/`PATCH /__sandbox/config`);
 //! - signed `delivered`/`read` receipt webhooks (`X-Hub-Signature-256`) for
-//!   accepted messages.
+//!   accepted messages, text and template alike.
 //!
 //! Tests start it in-process with [`start`] (port 0 works) and drive it through
 //! the returned [`Sandbox`] handle; the binary uses [`run`].
@@ -21,6 +35,7 @@ mod receipts;
 mod record;
 mod routes;
 mod state;
+mod templates;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,7 +53,7 @@ pub use receipts::{
     SANDBOX_DISPLAY_PHONE_NUMBER, SANDBOX_WABA_ID, SIGNATURE_HEADER, business_scoped_id, signature,
 };
 pub use record::{RecordedRequest, RequestKind};
-pub use state::{MAGIC_FLAKY, MAGIC_UNDELIVERABLE};
+pub use state::{MAGIC_FLAKY, MAGIC_OUTSIDE_WINDOW, MAGIC_UNDELIVERABLE};
 
 use crate::receipts::Receipts;
 use crate::state::AppState;
@@ -58,11 +73,11 @@ pub struct Sandbox {
 
 /// Binds `config.addr`, spawns the server and returns at once.
 ///
-/// Fails with `InvalidInput` when the config does not validate, or with the
-/// bind error.
+/// Fails with `InvalidInput` when the config does not validate (including a
+/// templates file that cannot be read or parsed), or with the bind error.
 pub async fn start(config: Config) -> std::io::Result<Sandbox> {
-    config
-        .validate()
+    let templates = config
+        .checked()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let listener = TcpListener::bind(config.addr).await?;
     let addr = listener.local_addr()?;
@@ -87,7 +102,12 @@ pub async fn start(config: Config) -> std::io::Result<Sandbox> {
             None
         }
     };
-    let state = Arc::new(AppState::new(&config, receipts, shutdown.clone()));
+    let state = Arc::new(AppState::new(
+        &config,
+        templates,
+        receipts,
+        shutdown.clone(),
+    ));
     let router = routes::router(Arc::clone(&state));
     let server = tokio::spawn(serve(listener, router, Arc::clone(&state)));
 

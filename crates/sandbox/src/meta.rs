@@ -23,6 +23,13 @@ pub mod codes {
     pub const SERVICE_UNAVAILABLE: u32 = 131_016;
     /// Permanent: the message cannot be delivered.
     pub const UNDELIVERABLE: u32 = 131_026;
+    /// Re-engagement: a free-form message outside the 24-hour customer
+    /// service window (only a template may be sent then).
+    pub const REENGAGEMENT: u32 = 131_047;
+    /// The template's body parameters do not match its definition.
+    pub const TEMPLATE_PARAM_COUNT_MISMATCH: u32 = 132_000;
+    /// No approved template with this name in this language.
+    pub const TEMPLATE_NOT_FOUND: u32 = 132_001;
 }
 
 /// One error answer: HTTP status plus the Meta error body.
@@ -71,6 +78,39 @@ impl MetaError {
             codes::UNDELIVERABLE,
             "Message undeliverable",
             "Sandbox magic recipient +15550000001 never accepts messages.",
+        )
+    }
+
+    /// A free-form message to a user whose last reply is over 24 hours old.
+    pub(crate) fn outside_window() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            codes::REENGAGEMENT,
+            "Re-engagement message",
+            "Message failed to send because more than 24 hours have passed since the customer last replied to this number.",
+        )
+    }
+
+    /// Meta's wording: the same answer whether the name is unknown or only
+    /// the language is missing, with both in the details.
+    pub(crate) fn template_not_found(name: &str, language: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            codes::TEMPLATE_NOT_FOUND,
+            "Template name does not exist in the translation",
+            format!("template name ({name}) does not exist in {language}"),
+        )
+    }
+
+    /// `got` body parameters were sent where the template has `expected`.
+    pub(crate) fn template_param_count(got: usize, expected: usize) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            codes::TEMPLATE_PARAM_COUNT_MISMATCH,
+            "Number of parameters does not match the expected number of params",
+            format!(
+                "body: number of localizable_params ({got}) does not match the expected number of params ({expected})"
+            ),
         )
     }
 

@@ -34,6 +34,16 @@ pub struct RecordedRequest {
     pub to: Option<String>,
     /// `text.body`.
     pub body: Option<String>,
+    /// The body's `type` (`"text"`, `"template"`, …); `"text"` for a message
+    /// body without one, since that is what Meta takes it for. `None` when
+    /// the body is not a JSON object or `type` is not a string. Defaulted when
+    /// deserializing so records from older sandboxes still read.
+    #[serde(default)]
+    pub message_type: Option<String>,
+    /// The `template` object exactly as received (even a malformed one), so
+    /// tests can see which template and parameters a request carried.
+    #[serde(default)]
+    pub template: Option<serde_json::Value>,
     /// `about` of a profile update.
     pub about: Option<String>,
     pub biz_opaque_callback_data: Option<String>,
@@ -96,6 +106,8 @@ mod tests {
             phone_number_id: "1".into(),
             to: None,
             body: None,
+            message_type: None,
+            template: None,
             about: None,
             biz_opaque_callback_data: None,
             authorization: None,
@@ -125,5 +137,29 @@ mod tests {
         assert_eq!(json["kind"], "message");
         assert!(json["received_at"].as_str().is_some());
         assert!(json["wamid"].is_null());
+    }
+
+    #[test]
+    fn type_and_template_serialize_and_may_be_absent() {
+        let template = serde_json::json!({"name":"hello_world","language":{"code":"en_US"}});
+        let r = RecordedRequest {
+            message_type: Some("template".into()),
+            template: Some(template.clone()),
+            ..rec(1)
+        };
+        let json = serde_json::to_value(&r).expect("json");
+        assert_eq!(json["message_type"], "template");
+        assert_eq!(json["template"], template);
+        let back: RecordedRequest = serde_json::from_value(json.clone()).expect("back");
+        assert_eq!(back, r);
+
+        // A record without the new fields (an older sandbox) still reads.
+        let mut old = json;
+        if let Some(o) = old.as_object_mut() {
+            o.remove("message_type");
+            o.remove("template");
+        }
+        let back: RecordedRequest = serde_json::from_value(old).expect("old shape");
+        assert_eq!((back.message_type, back.template), (None, None));
     }
 }

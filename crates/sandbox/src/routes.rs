@@ -138,6 +138,17 @@ async fn unknown(
     handle(&app, RequestKind::Unknown, String::new(), incoming).await
 }
 
+/// What [`RecordedRequest::message_type`] shows: the body's `type`, or
+/// `"text"` for a message body without one.
+fn message_type(kind: RequestKind, value: Option<&Value>) -> Option<String> {
+    let object = value.filter(|v| v.is_object())?;
+    match object.get("type") {
+        Some(Value::String(t)) => Some(t.clone()),
+        None | Some(Value::Null) if kind == RequestKind::Message => Some("text".to_owned()),
+        _ => None,
+    }
+}
+
 fn last_param(params: Vec<(String, String)>) -> String {
     params
         .into_iter()
@@ -175,6 +186,12 @@ async fn handle(
         phone_number_id: phone_number_id.clone(),
         to: field("/to"),
         body: field("/text/body"),
+        message_type: message_type(kind, value.as_ref()),
+        template: value
+            .as_ref()
+            .and_then(|v| v.get("template"))
+            .filter(|t| !t.is_null())
+            .cloned(),
         about: field("/about"),
         biz_opaque_callback_data: field("/biz_opaque_callback_data"),
         authorization: req
@@ -225,4 +242,34 @@ async fn handle(
     );
     app.recorder.push(record);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_type_defaults_to_text_for_messages_only() {
+        let typed = json!({"type":"template"});
+        let untyped = json!({"to":"1"});
+        assert_eq!(
+            message_type(RequestKind::Message, Some(&typed)).as_deref(),
+            Some("template")
+        );
+        assert_eq!(
+            message_type(RequestKind::Message, Some(&untyped)).as_deref(),
+            Some("text")
+        );
+        assert_eq!(
+            message_type(RequestKind::Message, Some(&json!({"type":null}))).as_deref(),
+            Some("text")
+        );
+        assert_eq!(
+            message_type(RequestKind::Message, Some(&json!({"type":5}))),
+            None
+        );
+        assert_eq!(message_type(RequestKind::Message, Some(&json!([1]))), None);
+        assert_eq!(message_type(RequestKind::Message, None), None);
+        assert_eq!(message_type(RequestKind::Profile, Some(&untyped)), None);
+    }
 }

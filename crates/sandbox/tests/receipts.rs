@@ -138,6 +138,58 @@ async fn accepted_message_gets_signed_delivered_then_read() {
 }
 
 #[tokio::test]
+async fn accepted_template_gets_receipts_like_text() {
+    let receiver = Receiver::default();
+    let sandbox = start(receipts_config(start_receiver(receiver.clone()).await)).await;
+
+    // Refused templates and a refused text produce no receipt.
+    assert_eq!(
+        send_body(
+            &sandbox,
+            template("62123", "order_updat", "id", &["a", "b"])
+        )
+        .await
+        .status,
+        400
+    );
+    assert_eq!(send(&sandbox, "15550000003", None).await.status, 400);
+    // Accepted: to a normal recipient and to one outside the 24-hour window.
+    let mut wamids = Vec::new();
+    for (to, cb) in [("6281234567890", "tpl-1"), ("+15550000003", "tpl-2")] {
+        let mut body = template(to, "order_update", "id", &["Budi", "#1234"]);
+        body["biz_opaque_callback_data"] = cb.into();
+        let answer = send_body(&sandbox, body).await;
+        assert_eq!(answer.status, 200, "{}", answer.json);
+        wamids.push(
+            answer.json["messages"][0]["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+
+    let got = wait_for(&receiver, 4).await;
+    assert_eq!(got.len(), 4);
+    for (wamid, (recipient, cb)) in wamids
+        .iter()
+        .zip([("6281234567890", "tpl-1"), ("15550000003", "tpl-2")])
+    {
+        let mut statuses = Vec::new();
+        for (sig, _, body) in &got {
+            verify(sig, body);
+            let status = status_of(body);
+            if status["id"] == wamid.as_str() {
+                assert_eq!(status["recipient_id"], recipient);
+                assert_eq!(status["biz_opaque_callback_data"], cb);
+                statuses.push(status["status"].as_str().unwrap().to_owned());
+            }
+        }
+        assert_eq!(statuses, ["delivered", "read"], "{wamid}");
+    }
+    sandbox.shutdown().await;
+}
+
+#[tokio::test]
 async fn failed_receipt_post_is_retried() {
     let receiver = Receiver {
         refuse_first: 2,

@@ -42,6 +42,32 @@ pub fn text(to: &str, body: &str, callback: Option<&str>) -> Value {
     v
 }
 
+/// A template send as kurir's whatsapp provider builds it: `body_params`
+/// become the body component's text parameters (no component when empty).
+pub fn template(to: &str, name: &str, language: &str, body_params: &[&str]) -> Value {
+    let mut template = json!({ "name": name, "language": { "code": language } });
+    if !body_params.is_empty() {
+        let parameters: Vec<Value> = body_params
+            .iter()
+            .map(|p| json!({ "type": "text", "text": p }))
+            .collect();
+        template["components"] = json!([{ "type": "body", "parameters": parameters }]);
+    }
+    json!({
+        "messaging_product": "whatsapp",
+        "recipient_type": "individual",
+        "to": to,
+        "type": "template",
+        "template": template,
+    })
+}
+
+/// POSTs a send body through `sandbox` (versioned path, bearer "test").
+pub async fn send_body(sandbox: &Sandbox, body: Value) -> Answer {
+    let url = format!("{}/{PHONE_ID}/messages", sandbox.base_url());
+    post(&url, Some("test"), body).await
+}
+
 pub struct Answer {
     pub status: StatusCode,
     pub headers: HeaderMap,
