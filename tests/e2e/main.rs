@@ -20,6 +20,7 @@ mod restarts;
 mod seed;
 mod slow_clients;
 mod support;
+mod templates;
 mod users;
 mod validation;
 mod wait;

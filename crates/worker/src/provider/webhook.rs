@@ -323,6 +323,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_template_message_is_sent_as_given() {
+        let mut server = TestServer::start(Reply::new(200, "")).await;
+        let provider = provider(&server.url(), "plain secret");
+        let template =
+            json!({"name": "order_update", "language": "id", "parameters": ["Budi", "#1"]});
+        let message = ClaimedMessage {
+            content: kurir_core::Content::Template(
+                kurir_core::Template::parse("template", &template).expect("template"),
+            ),
+            ..message()
+        };
+        assert!(matches!(
+            provider.send_message(&message).await,
+            Outcome::Delivered { .. }
+        ));
+        let event = server.request().await.json();
+        assert_eq!(event["type"], "message.send");
+        assert_eq!(event["template"], template);
+        assert!(event.get("message").is_none(), "{event}");
+    }
+
+    #[tokio::test]
     async fn posts_a_signed_status_event_with_a_raw_secret() {
         let mut server = TestServer::start(Reply::new(204, "")).await;
         let provider = provider(&server.url(), "plain secret");
