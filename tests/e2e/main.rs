@@ -10,6 +10,7 @@ mod idempotency;
 mod isolation;
 mod limits;
 mod nodes;
+mod observability;
 mod operations;
 mod pipeline;
 mod process;

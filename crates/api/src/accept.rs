@@ -129,6 +129,8 @@ impl Accepter {
 fn stored_new(slots: &mut crate::dispatch::Slots<'_>, stored: Option<Accepted>) -> Answer {
     match stored {
         Some(accepted) => {
+            metrics::counter!("kurir_accepted_total", "kind" => accepted.row.kind.as_str())
+                .increment(1);
             slots.submit(accepted.row);
             Ok(Stored::New {
                 outside_window: accepted.outside_window,

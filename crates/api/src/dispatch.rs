@@ -114,7 +114,9 @@ async fn run(
 /// Publishes `rows`; returns those the broker did not confirm.
 async fn publish(publisher: &Publisher, rows: &[Publishable]) -> Vec<Publishable> {
     let published = publisher
-        .publish_each(rows, |row| Envelope::new(row.kind, row.id, row.account))
+        .publish_each(rows, |row| {
+            Envelope::new(row.kind, row.id, row.account).traced(row.trace)
+        })
         .await;
     if let Some(err) = &published.first_error {
         debug!(error = %err, rows = published.failed.len(), "publish failed; releasing to the relay");

@@ -14,9 +14,11 @@ pub mod extract;
 pub mod idempotency;
 pub mod keycache;
 pub mod limit;
+pub mod metrics;
 pub mod ops;
 pub mod routes;
 pub mod server;
+pub mod trace;
 pub mod wait;
 pub mod whatsapp;
 
@@ -38,7 +40,10 @@ use kurir_core::{
 use kurir_store::Db;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
-    catch_panic::CatchPanicLayer, classify::ServerErrorsFailureClass, trace::TraceLayer,
+    catch_panic::CatchPanicLayer,
+    classify::ServerErrorsFailureClass,
+    request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer},
+    trace::TraceLayer,
 };
 use tracing::info;
 
@@ -113,6 +118,8 @@ impl AppState {
         let waiters = wait::Waiters::start(db.clone(), &config.database, &tasks, shutdown.clone())?;
         let whatsapp =
             routes::webhooks::WhatsAppWebhook::new(&config.api.receipts, db.clone(), &tasks);
+        kurir_core::telemetry::prometheus();
+        tasks.spawn(metrics::report_pool(db.clone(), shutdown.clone()));
         Ok(Self {
             db: db.clone(),
             publisher,
@@ -177,6 +184,7 @@ pub fn app(state: AppState) -> Router {
         .merge(ops::router(state.probe()))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(metrics::track))
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(middleware::map_response_with_state(
             state.max_body_bytes,
@@ -186,7 +194,15 @@ pub fn app(state: AppState) -> Router {
             tracing::error!("a handler panicked");
             ApiError::internal().into_response()
         }))
-        .layer(TraceLayer::new_for_http().on_failure(log_failure))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(trace::span)
+                .on_failure(log_failure),
+        )
+        .layer(middleware::from_fn(trace::context))
+        // Every answer carries `x-request-id`: the client's, or a new UUID.
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
 }
 
 /// tower-http's failure log, for failures nobody else logs: an error answer

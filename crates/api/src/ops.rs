@@ -180,6 +180,7 @@ pub fn router(probe: Probe) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::render))
         .with_state(readyz_state)
 }
 

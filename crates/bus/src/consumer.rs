@@ -17,6 +17,8 @@ use lapin::{
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use kurir_core::TraceContext;
+
 use crate::{BusError, DecodeError, Envelope, Topology, connection};
 
 /// How long a look at the queue may take.
@@ -43,8 +45,20 @@ impl std::fmt::Debug for Delivery {
 
 impl Delivery {
     fn from_lapin(delivery: lapin::message::Delivery) -> Self {
+        // The request's trace, from the `traceparent` header.
+        let trace = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .and_then(|headers| headers.inner().get(TraceContext::HEADER))
+            .and_then(|value| match value {
+                lapin::types::AMQPValue::LongString(text) => {
+                    TraceContext::parse(&String::from_utf8_lossy(text.as_bytes()))
+                }
+                _ => None,
+            });
         Delivery {
-            envelope: Envelope::decode(&delivery.data),
+            envelope: Envelope::decode(&delivery.data).map(|e| e.traced(trace)),
             message_id: delivery
                 .properties
                 .message_id()

@@ -1,6 +1,6 @@
 //! What travels on the broker: which row to deliver, nothing else.
 
-use kurir_core::{AccountId, JobKind};
+use kurir_core::{AccountId, JobKind, TraceContext};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -13,6 +13,10 @@ pub struct Envelope {
     pub kind: JobKind,
     pub id: Uuid,
     pub account_id: AccountId,
+    /// The trace of the request behind the row: it travels in the AMQP
+    /// `traceparent` header, not in the body.
+    #[serde(skip)]
+    pub trace: Option<TraceContext>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +32,13 @@ impl Envelope {
             kind,
             id,
             account_id,
+            trace: None,
         }
+    }
+
+    /// The same envelope, carrying `trace`.
+    pub fn traced(self, trace: Option<TraceContext>) -> Self {
+        Self { trace, ..self }
     }
 
     pub fn encode(&self) -> Vec<u8> {

@@ -11,7 +11,7 @@
 use std::{sync::Arc, time::Duration};
 
 use futures_util::future::join_all;
-use kurir_core::runtime::Tasks;
+use kurir_core::{TraceContext, runtime::Tasks};
 use lapin::{
     BasicProperties, Channel, Confirmation, Connection, PublisherConfirm,
     options::{BasicPublishOptions, ConfirmSelectOptions},
@@ -219,6 +219,17 @@ impl Publisher {
     /// Envelopes waiting in `{p}.deliveries` for a consumer (not counting
     /// those delivered and not yet acked); `None` if it cannot be told now.
     pub async fn deliveries_waiting(&self) -> Option<u32> {
+        self.queue_depth(&self.topology.deliveries()).await
+    }
+
+    /// Envelopes in `{p}.dead`, the dead-letter queue; `None` if it cannot
+    /// be told now.
+    pub async fn dead_waiting(&self) -> Option<u32> {
+        self.queue_depth(&self.topology.dead()).await
+    }
+
+    /// Messages ready in `queue` (a passive declare on the check channel).
+    async fn queue_depth(&self, queue: &str) -> Option<u32> {
         let check = self
             .ready
             .borrow()
@@ -228,11 +239,7 @@ impl Publisher {
             passive: true,
             ..lapin::options::QueueDeclareOptions::default()
         };
-        let look = check.queue_declare(
-            self.topology.deliveries().into(),
-            options,
-            FieldTable::default(),
-        );
+        let look = check.queue_declare(queue.into(), options, FieldTable::default());
         match tokio::time::timeout(BATCH_DEADLINE, look).await {
             Ok(Ok(queue)) => Some(queue.message_count()),
             _ => None,
@@ -336,8 +343,16 @@ impl Publisher {
             let result = match &stopped {
                 Some(err) => Err(err.clone()),
                 None => {
-                    let properties =
+                    let mut properties =
                         BasicProperties::default().with_message_id(envelope.id.to_string().into());
+                    if let Some(trace) = envelope.trace {
+                        let mut headers = FieldTable::default();
+                        headers.insert(
+                            TraceContext::HEADER.into(),
+                            AMQPValue::LongString(trace.child().to_string().into()),
+                        );
+                        properties = properties.with_headers(headers);
+                    }
                     let payload = envelope.encode();
                     let send = Self::send(&channel, &exchange, ROUTE_DELIVER, &payload, properties);
                     match tokio::time::timeout_at(deadline, send).await {

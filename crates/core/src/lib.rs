@@ -12,12 +12,14 @@ pub mod ids;
 pub mod intake;
 pub mod runtime;
 pub mod status;
+pub mod telemetry;
 pub mod template;
 pub mod validate;
 
 pub use ids::{AccountId, JobKind, MessageId, StatusUpdateId, UserId};
 pub use intake::IntakeLimit;
 pub use status::{JobState, LastError, MessageStatus, StatusUpdateState};
+pub use telemetry::TraceContext;
 pub use template::{Content, Template};
 pub use validate::{
     FieldError, MessageBody, PhoneNumber, ProfileImage, StatusText, UserName, ValidationErrors,

@@ -239,10 +239,32 @@ impl Db {
     /// [`StoreError::Unavailable`], never a hang.
     pub async fn run<T>(&self, work: impl AsyncFnOnce(&Client) -> Result<T>) -> Result<T> {
         timed(self.timeout, async {
-            let client = self.pool.get().await?;
+            let client = self.get().await?;
             work(&client).await
         })
         .await
+    }
+
+    /// A connection from the pool, the wait timed
+    /// (`kurir_db_pool_wait_seconds`).
+    async fn get(&self) -> Result<Client> {
+        let started = std::time::Instant::now();
+        let client = self.pool.get().await;
+        metrics::histogram!("kurir_db_pool_wait_seconds").record(started.elapsed().as_secs_f64());
+        Ok(client?)
+    }
+
+    /// Sets the pool gauges (`kurir_db_pool_connections`,
+    /// `kurir_db_pool_waiting`) of the pool named `pool` (`api`, `worker`:
+    /// `kurir dev` runs both in one process).
+    pub fn report_pool(&self, pool: &'static str) {
+        let status = self.pool.status();
+        let in_use = status.size.saturating_sub(status.available);
+        metrics::gauge!("kurir_db_pool_connections", "pool" => pool, "state" => "in_use")
+            .set(in_use as f64);
+        metrics::gauge!("kurir_db_pool_connections", "pool" => pool, "state" => "idle")
+            .set(status.available as f64);
+        metrics::gauge!("kurir_db_pool_waiting", "pool" => pool).set(status.waiting as f64);
     }
 
     /// Runs `work` in one transaction on a pooled connection, committed if
@@ -253,7 +275,7 @@ impl Db {
         work: impl for<'a, 't> AsyncFnOnce(&'a Transaction<'t>) -> Result<T>,
     ) -> Result<T> {
         timed(self.timeout, async {
-            let mut client = self.pool.get().await?;
+            let mut client = self.get().await?;
             let transaction = client.transaction().await?;
             let done = work(&transaction).await?;
             transaction.commit().await?;
@@ -265,7 +287,7 @@ impl Db {
     /// A pooled connection, for a caller that bounds each of its statements
     /// itself ([`Db::timed`]) rather than all of them at once.
     pub async fn client(&self) -> Result<Client> {
-        timed(self.timeout, async { Ok(self.pool.get().await?) }).await
+        timed(self.timeout, self.get()).await
     }
 
     /// `work`, bounded by the deadline.

@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use kurir_core::{
-    AccountId, Content, JobKind, LastError, MessageBody, MessageId, MessageStatus, Template, UserId,
+    AccountId, Content, JobKind, LastError, MessageBody, MessageId, MessageStatus, Template,
+    TraceContext, UserId,
 };
 use tokio_postgres::Row;
 use tracing::instrument;
@@ -99,6 +100,8 @@ pub struct NewMessage {
     pub content: Content,
     /// A request waits for its outcome (`Prefer: wait`).
     pub waited: bool,
+    /// The trace of the request (carried to the worker).
+    pub trace: Option<TraceContext>,
 }
 
 /// Accepts many messages in one statement (one commit: the group commit of
@@ -119,6 +122,7 @@ pub async fn insert_many(
             text,
             template,
             waited: m.waited,
+            trace: m.trace,
         }
     });
     insert_accepted(client, JobKind::Message, rows, publishing).await

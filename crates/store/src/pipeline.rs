@@ -27,7 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use kurir_core::{
     AccountId, Content, JobKind, JobState, LastError, MessageId, PhoneNumber, StatusText,
-    StatusUpdateId, UserId,
+    StatusUpdateId, TraceContext, UserId,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -134,18 +134,33 @@ pub struct Publishable {
     pub id: Uuid,
     pub account: AccountId,
     pub attempts: i32,
+    /// The trace of the request that created the row, for the envelope's
+    /// `traceparent` header.
+    pub trace: Option<TraceContext>,
 }
 
 impl Publishable {
     /// A row just accepted (no attempt yet).
-    pub(crate) fn accepted(kind: JobKind, id: Uuid, account: AccountId) -> Self {
+    pub(crate) fn accepted(
+        kind: JobKind,
+        id: Uuid,
+        account: AccountId,
+        trace: Option<TraceContext>,
+    ) -> Self {
         Self {
             kind,
             id,
             account,
             attempts: 0,
+            trace,
         }
     }
+}
+
+/// A stored `traceparent` (one this version wrote, or none).
+fn trace_of(row: &tokio_postgres::Row) -> Option<TraceContext> {
+    row.get::<_, Option<&str>>("traceparent")
+        .and_then(TraceContext::parse)
 }
 
 /// Who publishes rows as they are accepted.
@@ -180,6 +195,8 @@ pub(crate) struct AcceptedRow<'a> {
     /// A request waits for its outcome: its final state is NOTIFYed on
     /// [`DONE_CHANNEL`].
     pub waited: bool,
+    /// The trace of the request that created it.
+    pub trace: Option<TraceContext>,
 }
 
 /// The accept shared by both kinds: one multi-row INSERT of
@@ -198,7 +215,9 @@ pub(crate) async fn insert_accepted<'a>(
     let mut texts = Vec::new();
     let mut waited = Vec::new();
     let mut templates = Vec::new();
+    let mut traces = Vec::new();
     for row in rows {
+        traces.push(row.trace.map(|t| t.to_string()));
         ids.push(row.id);
         accounts.push(row.account.0);
         users.push(row.user);
@@ -228,12 +247,15 @@ pub(crate) async fn insert_accepted<'a>(
     };
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at, waited{template})
-             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END, n.waited{template_value}
-             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $6::bool[], $7::jsonb[])
-                  AS n(id, account_id, user_id, text, waited, template)
+            "INSERT INTO {t} (id, account_id, user_id, {text}, published, published_at, waited,
+                              traceparent{template})
+             SELECT n.id, u.account_id, u.id, n.text, $5, CASE WHEN $5 THEN now() END, n.waited,
+                    n.traceparent{template_value}
+             FROM unnest($1::uuid[], $2::int8[], $3::text[], $4::text[], $6::bool[], $7::jsonb[],
+                         $8::text[])
+                  AS n(id, account_id, user_id, text, waited, template, traceparent)
              JOIN users u ON u.account_id = n.account_id AND u.id = n.user_id
-             RETURNING id, account_id, {outside_window} AS outside_window"
+             RETURNING id, account_id, traceparent, {outside_window} AS outside_window"
         ))
         .await?;
     let stored = client
@@ -247,6 +269,7 @@ pub(crate) async fn insert_accepted<'a>(
                 &publishing.published(),
                 &waited,
                 &templates,
+                &traces,
             ],
         )
         .await?;
@@ -256,7 +279,12 @@ pub(crate) async fn insert_accepted<'a>(
     Ok(stored
         .iter()
         .map(|row| Accepted {
-            row: Publishable::accepted(kind, row.get("id"), AccountId(row.get("account_id"))),
+            row: Publishable::accepted(
+                kind,
+                row.get("id"),
+                AccountId(row.get("account_id")),
+                trace_of(row),
+            ),
             outside_window: row.get("outside_window"),
         })
         .collect())
@@ -291,14 +319,14 @@ pub async fn claim_for_publish(
              ORDER BY due_at
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, account_id, attempts"
+         RETURNING id, account_id, attempts, traceparent"
     );
     let statement = client.prepare_cached(&sql).await?;
     let rows = client.query(&statement, &[&limit, &secs(lease)]).await?;
     Ok(publishable(kind, &rows))
 }
 
-/// Rows of `RETURNING id, account_id, attempts`.
+/// Rows of `RETURNING id, account_id, attempts, traceparent`.
 fn publishable(kind: JobKind, rows: &[tokio_postgres::Row]) -> Vec<Publishable> {
     rows.iter()
         .map(|row| Publishable {
@@ -306,6 +334,7 @@ fn publishable(kind: JobKind, rows: &[tokio_postgres::Row]) -> Vec<Publishable> 
             id: row.get("id"),
             account: AccountId(row.get("account_id")),
             attempts: row.get("attempts"),
+            trace: trace_of(row),
         })
         .collect()
 }
@@ -397,7 +426,7 @@ pub async fn claim_stale_published(
              ORDER BY published_at NULLS FIRST
              LIMIT $1
              FOR UPDATE SKIP LOCKED)
-         RETURNING id, account_id, attempts"
+         RETURNING id, account_id, attempts, traceparent"
     );
     let statement = client.prepare_cached(&sql).await?;
     let rows = client
@@ -968,6 +997,37 @@ fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
         latency_ms: row.get("latency_ms"),
         started_at: row.get("started_at"),
     })
+}
+
+/// Most rows [`backlog`] counts of one kind and sort: past it, the gauge
+/// says "at least this many" and the count stays cheap.
+pub const BACKLOG_CAP: i64 = 1_000_000;
+
+/// What waits, by kind: rows queued, unpublished and due (the relay's
+/// work), retries waiting for their time, and rows published but not yet
+/// delivered. Each count stops at [`BACKLOG_CAP`]; each is one scan of a
+/// partial index.
+pub async fn backlog(client: &impl GenericClient) -> Result<Vec<(JobKind, &'static str, i64)>> {
+    let mut counts = Vec::new();
+    for kind in JobKind::ALL {
+        let t = table(kind);
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT
+                   (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE state = 'queued' AND NOT published
+                                          AND due_at <= now() LIMIT $1) d),
+                   (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE state = 'queued' AND NOT published
+                                          AND due_at > now() LIMIT $1) r),
+                   (SELECT count(*) FROM (SELECT 1 FROM {t} WHERE state = 'queued' AND published
+                                          LIMIT $1) p)"
+            ))
+            .await?;
+        let row = client.query_one(&statement, &[&BACKLOG_CAP]).await?;
+        counts.push((kind, "due", row.get(0)));
+        counts.push((kind, "retry", row.get(1)));
+        counts.push((kind, "published", row.get(2)));
+    }
+    Ok(counts)
 }
 
 #[cfg(test)]

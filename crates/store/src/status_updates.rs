@@ -2,7 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use kurir_core::{
-    AccountId, JobKind, LastError, StatusText, StatusUpdateId, StatusUpdateState, UserId,
+    AccountId, JobKind, LastError, StatusText, StatusUpdateId, StatusUpdateState, TraceContext,
+    UserId,
 };
 use tokio_postgres::Row;
 use tracing::instrument;
@@ -59,6 +60,8 @@ pub struct NewStatusUpdate {
     pub status: StatusText,
     /// A request waits for its outcome (`Prefer: wait`).
     pub waited: bool,
+    /// The trace of the request (carried to the worker).
+    pub trace: Option<TraceContext>,
 }
 
 /// Accepts many status updates in one statement, as
@@ -77,6 +80,7 @@ pub async fn insert_many(
         text: Some(u.status.as_str()),
         template: None,
         waited: u.waited,
+        trace: u.trace,
     });
     insert_accepted(client, JobKind::StatusUpdate, rows, publishing).await
 }

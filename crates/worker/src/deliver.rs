@@ -20,7 +20,7 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use kurir_bus::{Delivery, Envelope, Publisher};
-use kurir_core::{LastError, runtime::Reconnect};
+use kurir_core::{JobKind, LastError, runtime::Reconnect};
 use kurir_store::{
     Db, StoreError,
     pipeline::{self, Attempt, AttemptOutcome, Recorded, Resolution},
@@ -132,7 +132,26 @@ impl Deliverer {
                 };
             }
         };
-        let span = info_span!("deliver", kind = %envelope.kind, id = %envelope.id, account_id = %envelope.account_id);
+        // The request's trace goes on (its `trace_id`), so the logs of one
+        // message, from its request to its provider call, share one id.
+        let span = info_span!(
+            "deliver",
+            kind = %envelope.kind,
+            message_id = tracing::field::Empty,
+            status_update_id = tracing::field::Empty,
+            account_id = %envelope.account_id,
+            attempt = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        match envelope.kind {
+            JobKind::Message => span.record("message_id", tracing::field::display(envelope.id)),
+            JobKind::StatusUpdate => {
+                span.record("status_update_id", tracing::field::display(envelope.id))
+            }
+        };
+        if let Some(trace) = envelope.trace {
+            span.record("trace_id", trace.trace_id_hex());
+        }
         self.deliver(envelope, delivery.redelivered, cut_off)
             .instrument(span)
             .await
@@ -183,6 +202,7 @@ impl Deliverer {
             Err(settle) => return settle,
         };
         let attempt = claimed.attempt();
+        tracing::Span::current().record("attempt", attempt);
         let started_at = Utc::now();
         if self.retry.expired(claimed.created_at(), started_at) {
             self.expire(envelope, attempt, cut_off).await;
@@ -202,6 +222,14 @@ impl Deliverer {
             .retry
             .resolve(&outcome, attempt, claimed.created_at(), Utc::now());
         log_outcome(&outcome, &resolution, attempt, latency);
+        count_outcome(
+            self.provider.name(),
+            envelope.kind,
+            &resolution,
+            latency,
+            (matches!(resolution, Resolution::Done { .. }) && envelope.kind == JobKind::Message)
+                .then(|| claimed.created_at()),
+        );
         let record = Attempt {
             kind: envelope.kind,
             subject_id: envelope.id,
@@ -379,6 +407,40 @@ fn error_of(outcome: &Outcome) -> Option<&ProviderError> {
     match outcome {
         Outcome::Delivered { .. } => None,
         Outcome::Retryable { error, .. } | Outcome::Permanent { error } => Some(error),
+    }
+}
+
+/// The metrics of one attempt: `kurir_deliveries_total` by outcome and
+/// code, the provider's latency, and (for a message the provider took)
+/// the time from its acceptance, `accepted_at`.
+fn count_outcome(
+    provider: &'static str,
+    kind: JobKind,
+    resolution: &Resolution,
+    latency: Duration,
+    accepted_at: Option<chrono::DateTime<Utc>>,
+) {
+    let (result, code) = match resolution {
+        Resolution::Done { .. } => ("sent", String::new()),
+        Resolution::Retry { error, .. } => ("retry", error.code.clone()),
+        Resolution::Failed { error } => ("failed", error.code.clone()),
+    };
+    metrics::counter!(
+        "kurir_deliveries_total",
+        "kind" => kind.as_str(),
+        "outcome" => result,
+        "code" => code
+    )
+    .increment(1);
+    metrics::histogram!(
+        "kurir_provider_duration_seconds",
+        "provider" => provider,
+        "kind" => kind.as_str()
+    )
+    .record(latency.as_secs_f64());
+    if let Some(accepted_at) = accepted_at {
+        let waited = (Utc::now() - accepted_at).to_std().unwrap_or_default();
+        metrics::histogram!("kurir_accept_to_sent_seconds").record(waited.as_secs_f64());
     }
 }
 

@@ -15,6 +15,7 @@ pub mod housekeeping;
 pub mod provider;
 pub mod relay;
 pub mod retry;
+mod sampler;
 
 use std::{sync::Arc, time::Duration};
 
@@ -136,6 +137,12 @@ impl Worker {
         tasks.spawn(housekeeping::run(
             db.clone(),
             housekeeping::INTERVAL,
+            shutdown.clone(),
+        ));
+        kurir_core::telemetry::prometheus();
+        tasks.spawn(sampler::run(
+            db.clone(),
+            publisher.clone(),
             shutdown.clone(),
         ));
 

@@ -73,6 +73,8 @@ async fn round(db: &Db, publisher: &Publisher, config: &RelayConfig) -> Result<b
             .await?;
         if requeued > 0 {
             warn!(%kind, count = requeued, "requeued rows whose worker lease expired");
+            metrics::counter!("kurir_leases_recovered_total", "kind" => kind.as_str())
+                .increment(requeued);
         }
     }
     if !publisher.is_connected() {
@@ -114,6 +116,8 @@ async fn round(db: &Db, publisher: &Publisher, config: &RelayConfig) -> Result<b
             ))
             .await?;
         if !stale.is_empty() {
+            metrics::counter!("kurir_republished_total", "kind" => kind.as_str())
+                .increment(stale.len() as u64);
             warn!(
                 %kind,
                 count = stale.len(),
@@ -144,12 +148,16 @@ async fn send(
         failed,
         first_error,
     } = publisher
-        .publish_each(rows, |row| Envelope::new(row.kind, row.id, row.account))
+        .publish_each(rows, |row| {
+            Envelope::new(row.kind, row.id, row.account).traced(row.trace)
+        })
         .await;
     if let Some(err) = first_error {
         warn!(error = %err, count = failed.len(), "publish failed; rows stay in Postgres for the next round");
     }
     debug!(%kind, published = published.len(), failed = failed.len(), "relay published");
+    metrics::counter!("kurir_relay_published_total", "kind" => kind.as_str())
+        .increment(published.len() as u64);
     db.timed(pipeline::mark_published(client, kind, &published))
         .await?;
     if failed.is_empty() {

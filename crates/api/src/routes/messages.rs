@@ -3,7 +3,7 @@
 use axum::{Json, extract::State, http::StatusCode, response::Response};
 use kurir_core::{
     AccountId, Content, FieldError, JobKind, MessageBody, MessageId, MessageStatus, Template,
-    UserId, ValidationErrors,
+    TraceContext, UserId, ValidationErrors,
 };
 use kurir_store::{
     idempotency::{self as key_store, Scope},
@@ -26,6 +26,7 @@ use crate::{
         HEADER, IdempotencyKey, canonical_json, claim, fingerprint, kept_json, key_problem, replay,
         respond,
     },
+    trace::Trace,
     wait::PreferWait,
 };
 
@@ -104,6 +105,7 @@ pub async fn send(
     Id(user): Id,
     IdempotencyKey(key): IdempotencyKey,
     PreferWait(wait): PreferWait,
+    Trace(trace): Trace,
     JsonBody(body): JsonBody<SendMessage>,
 ) -> ApiResult<Response> {
     let user = user_id(&user)?;
@@ -136,6 +138,7 @@ pub async fn send(
         user,
         content,
         waited: wait.is_some(),
+        trace: Some(trace),
     };
     // Before the commit, so that a delivery faster than our answer is not missed.
     let hold = state.waiters.hold(wait, JobKind::Message, id.0);
@@ -196,6 +199,7 @@ fn batch_item(
     batch_key: Option<&str>,
     position: usize,
     item: serde_json::Value,
+    trace: TraceContext,
 ) -> ApiResult<Accept> {
     if !item.is_object() {
         return Err(ApiError::field("item", "must be a JSON object"));
@@ -247,6 +251,7 @@ fn batch_item(
             user,
             content,
             waited: false,
+            trace: Some(trace),
         }),
         key,
     })
@@ -269,6 +274,7 @@ pub async fn send_batch(
     State(state): State<AppState>,
     Account(account): Account,
     IdempotencyKey(batch_key): IdempotencyKey,
+    Trace(trace): Trace,
     JsonBody(body): JsonBody<SendBatch>,
 ) -> ApiResult<Response> {
     let items = body
@@ -308,7 +314,7 @@ pub async fn send_batch(
     let mut accepts = Vec::new();
     let mut positions = Vec::new();
     for (position, item) in items.into_iter().enumerate() {
-        match batch_item(account, batch_key.as_deref(), position, item) {
+        match batch_item(account, batch_key.as_deref(), position, item, trace) {
             Ok(accept) => {
                 results.push(None);
                 positions.push((position, accept.job.id()));

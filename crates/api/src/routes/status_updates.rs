@@ -9,6 +9,7 @@ use kurir_store::{
 use serde::Deserialize;
 
 use super::{answer_seed_post, users::user_id};
+use crate::trace::Trace;
 use crate::{
     AppState,
     accept::{Accept, NewJob},
@@ -36,6 +37,7 @@ pub async fn set(
     Id(user): Id,
     IdempotencyKey(key): IdempotencyKey,
     PreferWait(wait): PreferWait,
+    Trace(trace): Trace,
     JsonBody(body): JsonBody<SetStatus>,
 ) -> ApiResult<Response> {
     let user = user_id(&user)?;
@@ -68,6 +70,7 @@ pub async fn set(
         user,
         status: text,
         waited: wait.is_some(),
+        trace: Some(trace),
     };
     // Before the commit, so that a delivery faster than our answer is not missed.
     let hold = state.waiters.hold(wait, JobKind::StatusUpdate, id.0);

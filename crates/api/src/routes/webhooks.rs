@@ -262,6 +262,11 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> ApiResu
     counts.unknown.fetch_add(applied.unknown, Relaxed);
     counts.inbound.fetch_add(inbound, Relaxed);
     counts.ignored.fetch_add(parsed.ignored, Relaxed);
+    let receipts =
+        |result: &'static str| metrics::counter!("kurir_receipts_total", "result" => result);
+    receipts("changed").increment(applied.changed);
+    receipts("unchanged").increment(applied.matched.saturating_sub(applied.changed));
+    receipts("unknown").increment(applied.unknown);
     tracing::debug!(
         receipts = count,
         matched = applied.matched,
@@ -288,6 +293,7 @@ static REFUSED_LOG: Throttle = Throttle::new(Duration::from_secs(60));
 /// Counts a refused POST and logs it (throttled); answers `err`.
 fn refuse(hook: &WhatsAppWebhook, err: ApiError) -> ApiError {
     hook.counts.rejected.fetch_add(1, Relaxed);
+    metrics::counter!("kurir_webhook_refused_total").increment(1);
     if let Some(suppressed) = REFUSED_LOG.admit(Instant::now()) {
         tracing::warn!(
             reason = err.detail(),
