@@ -159,3 +159,112 @@ async fn a_requests_traceparent_is_the_trace_id_the_worker_logs() {
     assert_eq!(entry["span"]["message_id"], id.as_str(), "{line}");
     assert_eq!(entry["span"]["attempt"], 1, "{line}");
 }
+
+/// A stand-in OTLP/HTTP collector: every request's path and body.
+async fn collector() -> (
+    String,
+    std::sync::Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 8192];
+                // Headers, then as much body as Content-Length says.
+                let (head_end, length) = loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+                        let length = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (end + 4, length);
+                    }
+                };
+                while buffer.len() < head_end + length {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        break;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let body = buffer[head_end..].to_vec();
+                record.lock().unwrap().push((path, body));
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                    .await;
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn with_an_otlp_endpoint_the_worker_exports_its_spans_in_the_requests_trace() {
+    let app = TestApp::spawn_with(crate::support::Options {
+        start_worker: false,
+        ..Default::default()
+    })
+    .await;
+    app.create_user("otel", "+6281234567890").await;
+    let (endpoint, seen) = collector().await;
+    let mut env = app.process_env();
+    env.push(("OTEL_EXPORTER_OTLP_ENDPOINT".into(), endpoint));
+    env.push(("OTEL_BSP_SCHEDULE_DELAY".into(), "100".into()));
+    let worker = crate::process::KurirProcess::spawn(&["worker"], &env);
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let response = app
+        .post(
+            "/v1/users/otel/messages",
+            &serde_json::json!({"message": "Halo!"}),
+        )
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::ACCEPTED);
+    let id = response.json::<serde_json::Value>().await.unwrap()["message_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    app.message_with_status(&id, "sent").await;
+    // OTLP/protobuf carries the trace id as its 16 raw bytes.
+    let raw = hex::decode(trace_id).unwrap();
+    let exported = eventually(DEADLINE, || async {
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(path, body)| path == "/v1/traces" && body.windows(16).any(|w| w == raw))
+            .then_some(())
+    })
+    .await;
+    worker.kill().await;
+    assert!(
+        exported.is_some(),
+        "no span of trace {trace_id} reached the collector; requests seen: {:?}",
+        seen.lock()
+            .unwrap()
+            .iter()
+            .map(|(p, b)| (p.clone(), b.len()))
+            .collect::<Vec<_>>()
+    );
+}

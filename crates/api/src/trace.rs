@@ -41,13 +41,17 @@ pub fn span(request: &Request) -> tracing::Span {
         .get::<TraceContext>()
         .map(TraceContext::trace_id_hex)
         .unwrap_or_default();
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
         method = %request.method(),
         uri = %request.uri().path(),
         request_id,
         trace_id,
-    )
+    );
+    if let Some(context) = request.extensions().get::<TraceContext>() {
+        kurir_core::telemetry::join(&span, *context);
+    }
+    span
 }
 
 /// A handler's view of the request's trace: the context its rows carry on
@@ -64,6 +68,6 @@ impl<S: Send + Sync> FromRequestParts<S> for Trace {
             .get::<TraceContext>()
             .copied()
             .unwrap_or_else(|| of(&parts.headers));
-        Ok(Trace(context.child()))
+        Ok(Trace(kurir_core::telemetry::next_hop(context)))
     }
 }

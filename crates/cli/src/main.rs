@@ -6,6 +6,7 @@ mod accounts;
 mod checks;
 mod dlq;
 mod keys;
+mod otel;
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -86,7 +87,11 @@ struct WorkerOnly {
     retry: RetryArgs,
 }
 
-fn init_logging(format: &str) {
+/// Logs to stderr (text, or JSON for a log collector), filtered by
+/// `RUST_LOG`; with `OTEL_EXPORTER_OTLP_ENDPOINT`, spans are exported too,
+/// as `service` (then the returned exporter is to be flushed at exit).
+fn init_logging(format: &str, service: Option<&'static str>) -> Option<otel::Export> {
+    use tracing_subscriber::{Layer, layer::SubscriberExt, util::SubscriberInitExt};
     // lapin and deadpool speak for themselves at every retry; kurir says
     // what happened once, with the reason. RUST_LOG overrides this.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
@@ -94,15 +99,27 @@ fn init_logging(format: &str) {
             "info,lapin=off,deadpool=error,tokio_postgres=warn,refinery_core=warn,tower_http=warn",
         )
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         // Colours for a person at a terminal, none for a log collector.
         .with_ansi(std::io::stderr().is_terminal());
-    if format == "json" {
-        builder.json().init();
+    let fmt = if format == "json" {
+        fmt.json().with_filter(filter).boxed()
     } else {
-        builder.init();
+        fmt.with_filter(filter).boxed()
+    };
+    let registry = tracing_subscriber::registry().with(fmt);
+    match service.and_then(otel::layer) {
+        Some((layer, export)) => {
+            // Spans are exported whatever the log level, kurir's own only
+            // (not the exporter's HTTP calls).
+            registry.with(layer.with_filter(otel::spans())).init();
+            Some(export)
+        }
+        None => {
+            registry.init();
+            None
+        }
     }
 }
 
@@ -148,7 +165,13 @@ async fn wait_for_signal() {
 
 fn main() -> ExitCode {
     let cli = checks::parse();
-    init_logging(&cli.log_format);
+    let service = match &cli.command {
+        Command::Api(_) => Some("kurir-api"),
+        Command::Worker(_) => Some("kurir-worker"),
+        Command::Dev { .. } => Some("kurir-dev"),
+        _ => None,
+    };
+    let export = init_logging(&cli.log_format, service);
     let json_logs = cli.log_format == "json";
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -161,6 +184,9 @@ fn main() -> ExitCode {
     tracing::debug!("stopped");
     // Don't wait on stray blocking tasks (a DNS lookup, a driver thread).
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    if let Some(export) = export {
+        export.finish();
+    }
     let (code, message) = match result {
         Ok(()) => return ExitCode::SUCCESS,
         Err(Failure::Config(message)) => (2, message),

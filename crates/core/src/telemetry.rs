@@ -189,6 +189,48 @@ impl TraceContext {
     }
 }
 
+/// Makes `span` a child of `context` in the exported trace (a no-op
+/// unless OpenTelemetry export is on: `OTEL_EXPORTER_OTLP_ENDPOINT`).
+pub fn join(span: &tracing::Span, context: TraceContext) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let flags = if context.sampled {
+        TraceFlags::SAMPLED
+    } else {
+        TraceFlags::default()
+    };
+    let remote = SpanContext::new(
+        TraceId::from_bytes(context.trace_id),
+        SpanId::from_bytes(context.span_id),
+        flags,
+        true,
+        TraceState::default(),
+    );
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(remote));
+}
+
+/// The context the next hop should carry: the current span's, when
+/// OpenTelemetry export is on (so the worker's spans hang under the
+/// request's), else a new span of `fallback`'s trace.
+pub fn next_hop(fallback: TraceContext) -> TraceContext {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let current = tracing::Span::current().context();
+    let span = current.span();
+    let context = span.span_context();
+    if context.is_valid() && context.trace_id().to_bytes() == fallback.trace_id {
+        TraceContext {
+            trace_id: context.trace_id().to_bytes(),
+            span_id: context.span_id().to_bytes(),
+            sampled: context.is_sampled(),
+        }
+    } else {
+        fallback.child()
+    }
+}
+
 /// An id of all zeros is invalid; a random one almost never is.
 fn nonzero<const N: usize>(mut bytes: [u8; N]) -> [u8; N] {
     if bytes.iter().all(|b| *b == 0) {

@@ -151,6 +151,7 @@ impl Deliverer {
         };
         if let Some(trace) = envelope.trace {
             span.record("trace_id", trace.trace_id_hex());
+            kurir_core::telemetry::join(&span, trace);
         }
         self.deliver(envelope, delivery.redelivered, cut_off)
             .instrument(span)
