@@ -12,6 +12,7 @@ use kurir_core::config::DatabaseArgs;
 use tokio_postgres::{NoTls, error::SqlState};
 
 pub mod idempotency;
+pub mod import;
 pub mod keys;
 pub mod limits;
 pub mod listen;
