@@ -7,6 +7,7 @@ mod auth;
 mod delivery;
 mod faults;
 mod idempotency;
+mod import;
 mod isolation;
 mod limits;
 mod nodes;

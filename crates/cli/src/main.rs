@@ -5,6 +5,7 @@
 mod accounts;
 mod checks;
 mod dlq;
+mod import;
 mod keys;
 
 use std::{io::IsTerminal, process::ExitCode};
@@ -63,6 +64,13 @@ enum Command {
         /// The default limit, as the API has it (for `list`).
         #[command(flatten)]
         intake: IntakeArgs,
+    },
+    /// Users in bulk: `kurir users import --account NAME FILE.csv`.
+    Users {
+        #[command(subcommand)]
+        command: import::UsersCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
     /// Show and re-drive dead-lettered envelopes (`{prefix}.dead`).
     Dlq {
@@ -253,6 +261,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             database,
             intake,
         } => accounts::run(command, &database, &intake).await,
+        Command::Users { command, database } => import::run(command, &database).await,
         Command::Dlq {
             command,
             database,
