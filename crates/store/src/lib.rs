@@ -20,6 +20,7 @@ pub mod messages;
 pub mod migrate;
 pub mod pipeline;
 pub mod receipts;
+pub mod stats;
 pub mod status_updates;
 pub mod users;
 
