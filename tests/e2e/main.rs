@@ -20,6 +20,7 @@ mod recovery;
 mod restarts;
 mod seed;
 mod slow_clients;
+mod stats;
 mod support;
 mod templates;
 mod users;

@@ -7,6 +7,7 @@ mod checks;
 mod dlq;
 mod import;
 mod keys;
+mod stats;
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -71,6 +72,22 @@ enum Command {
         command: import::UsersCommand,
         #[command(flatten)]
         database: DatabaseArgs,
+    },
+    /// Messages and status updates by state, retries waiting, the oldest
+    /// queued message, and the queues' depths. Exit 1 if Postgres or
+    /// RabbitMQ cannot be reached (what could be read is printed).
+    Stats {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Count only this account's messages and status updates (the
+        /// queues are shared by every account).
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        bus: BusArgs,
     },
     /// Show and re-drive dead-lettered envelopes (`{prefix}.dead`).
     Dlq {
@@ -262,6 +279,12 @@ async fn run(command: Command) -> Result<(), Failure> {
             intake,
         } => accounts::run(command, &database, &intake).await,
         Command::Users { command, database } => import::run(command, &database).await,
+        Command::Stats {
+            json,
+            account,
+            database,
+            bus,
+        } => stats::run(json, account, &database, &bus).await,
         Command::Dlq {
             command,
             database,
