@@ -14,6 +14,7 @@ pub mod dlq;
 mod envelope;
 mod publisher;
 mod report;
+pub mod stats;
 mod topology;
 
 pub use connection::{BusError, STABLE_AFTER, connect_once, reconnect_schedule};

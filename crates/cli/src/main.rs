@@ -5,8 +5,10 @@
 mod accounts;
 mod checks;
 mod dlq;
+mod import;
 mod keys;
 mod otel;
+mod stats;
 
 use std::{io::IsTerminal, process::ExitCode};
 
@@ -64,6 +66,29 @@ enum Command {
         /// The default limit, as the API has it (for `list`).
         #[command(flatten)]
         intake: IntakeArgs,
+    },
+    /// Users in bulk: `kurir users import --account NAME FILE.csv`.
+    Users {
+        #[command(subcommand)]
+        command: import::UsersCommand,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
+    /// Messages and status updates by state, retries waiting, the oldest
+    /// queued message, and the queues' depths. Exit 1 if Postgres or
+    /// RabbitMQ cannot be reached (what could be read is printed).
+    Stats {
+        /// One JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Count only this account's messages and status updates (the
+        /// queues are shared by every account).
+        #[arg(long)]
+        account: Option<String>,
+        #[command(flatten)]
+        database: DatabaseArgs,
+        #[command(flatten)]
+        bus: BusArgs,
     },
     /// Show and re-drive dead-lettered envelopes (`{prefix}.dead`).
     Dlq {
@@ -279,6 +304,13 @@ async fn run(command: Command) -> Result<(), Failure> {
             database,
             intake,
         } => accounts::run(command, &database, &intake).await,
+        Command::Users { command, database } => import::run(command, &database).await,
+        Command::Stats {
+            json,
+            account,
+            database,
+            bus,
+        } => stats::run(json, account, &database, &bus).await,
         Command::Dlq {
             command,
             database,

@@ -12,6 +12,7 @@ use kurir_core::config::DatabaseArgs;
 use tokio_postgres::{NoTls, error::SqlState};
 
 pub mod idempotency;
+pub mod import;
 pub mod keys;
 pub mod limits;
 pub mod listen;
@@ -19,6 +20,7 @@ pub mod messages;
 pub mod migrate;
 pub mod pipeline;
 pub mod receipts;
+pub mod stats;
 pub mod status_updates;
 pub mod users;
 
