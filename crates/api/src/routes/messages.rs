@@ -11,6 +11,7 @@ use kurir_store::{
     pipeline, users,
 };
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{answer_seed_post, users::user_id};
 use crate::{
@@ -25,6 +26,11 @@ use crate::{
     idempotency::{
         HEADER, IdempotencyKey, canonical_json, claim, fingerprint, kept_json, key_problem, replay,
         respond,
+    },
+    openapi::{
+        BadRequest, Conflict, IdempotencyHeader, NotFound, PayloadTooLarge, RequestTimeout,
+        SeedPostHeaders, SendBatchDoc, SendMessageDoc, TooManyRequests, Unauthorized, Unavailable,
+        Unprocessable, UnsupportedMediaType,
     },
     wait::PreferWait,
 };
@@ -98,6 +104,52 @@ fn warning(stored: &Result<Stored, ApiError>) -> Option<&'static str> {
 /// request gets the first response and stores nothing. With
 /// `Prefer: wait=N`, 200 once it is `sent` or `failed` within N seconds
 /// (see [`crate::wait`]).
+#[utoipa::path(
+    post, path = "/v1/users/{id}/messages", tag = "messages", operation_id = "send_message",
+    summary = "Send a message (the seed endpoint)",
+    description = "Stores the message (202) for a worker to deliver. A text to a user whose 24-hour window is known to be closed is still accepted, with a `warning`. With `Prefer: wait=N`, the answer waits until the message is `sent` or `failed` (200) or N seconds pass (202).",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123"), SeedPostHeaders),
+    request_body(content = SendMessageDoc, content_type = "application/json",
+        examples(
+            ("text" = (summary = "A text", value = json!({"message": "Halo!"}))),
+            ("template" = (summary = "A template with positional parameters", value = json!({"template": {"name": "order_update", "language": "id", "parameters": ["Budi", "#1234"]}}))),
+            ("components" = (summary = "A template with Meta's components", value = json!({"template": {"name": "order_update", "language": "en_US", "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "Ada"}, {"type": "text", "text": "#99"}]}]}}))),
+            ("no variables" = (summary = "A template without variables", value = json!({"template": {"name": "hello_world", "language": "en_US"}}))),
+        )),
+    responses(
+        (status = 202, description = "Stored; a worker delivers it", body = Accepted, headers(
+                ("Location" = String, description = "`/v1/messages/{message_id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("Preference-Applied" = String, description = "`wait=N` when the request waited (at most N seconds)"),
+                ("RateLimit" = String, description = "What is left of the intake limit: `\"intake\";r=<remaining>;t=<seconds until full>`"),
+                ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
+            ),
+            examples(
+                ("queued" = (value = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued"}))),
+                ("outside the window" = (value = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued", "warning": crate::dto::OUTSIDE_WINDOW}))),
+            )),
+        (status = 200, description = "With `Prefer: wait`: the message is over (`sent` or `failed`)", body = Accepted, headers(
+                ("Location" = String, description = "`/v1/messages/{message_id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("Preference-Applied" = String, description = "`wait=N` when the request waited (at most N seconds)"),
+                ("RateLimit" = String, description = "What is left of the intake limit: `\"intake\";r=<remaining>;t=<seconds until full>`"),
+                ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
+            ),
+            example = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "sent"})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn send(
     State(state): State<AppState>,
     Account(account): Account,
@@ -265,6 +317,38 @@ fn batch_item(
 /// makes the whole batch so: a repeat gets the first response, and each
 /// item without a key of its own is keyed by the header's and its position,
 /// so a repeat after a lost answer stores none of them twice.
+#[utoipa::path(
+    post, path = "/v1/messages/batch", tag = "messages", operation_id = "send_batch",
+    summary = "Send up to 1,000 messages",
+    description = "One result per item, in order: accepted, or the problem a lone send would have got. Valid items are accepted even when others are invalid or name unknown users; 503 only if Postgres could store none. The intake limit counts the valid items: all of them fit, or the whole batch is 429. Does not wait (`Prefer` is ignored).",
+    security(("bearer" = [])),
+    params(IdempotencyHeader),
+    request_body(content = SendBatchDoc, content_type = "application/json",
+        example = json!({"messages": [
+            {"user_id": "user123", "message": "Halo!", "idempotency_key": "order-41"},
+            {"user_id": "user456", "template": {"name": "order_update", "language": "id", "parameters": ["Sari", "#1235"]}}
+        ]})),
+    responses(
+        (status = 202, description = "One result per item, in order", body = BatchResults,
+            headers(
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("RateLimit" = String, description = "What is left of the intake limit: `\"intake\";r=<remaining>;t=<seconds until full>`"),
+                ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
+            ),
+            example = json!({"results": [
+                {"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued"},
+                {"error": {"type": "https://kurir.dev/problems/not-found", "title": "Not found", "status": 404, "detail": "no such user"}}
+            ]})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn send_batch(
     State(state): State<AppState>,
     Account(account): Account,
@@ -395,6 +479,18 @@ pub fn message_id(raw: &str) -> ApiResult<MessageId> {
 }
 
 /// `GET /v1/messages/{message_id}`: poll a message's delivery state.
+#[utoipa::path(
+    get, path = "/v1/messages/{message_id}", tag = "messages", operation_id = "get_message",
+    summary = "Poll a message",
+    security(("bearer" = [])),
+    params(("message_id" = String, Path, description = "The message's id", format = "uuid")),
+    responses(
+        (status = 200, description = "The message", body = MessageJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
@@ -411,6 +507,18 @@ pub async fn get(
 }
 
 /// `GET /v1/messages/{message_id}/attempts`: every provider call, oldest first.
+#[utoipa::path(
+    get, path = "/v1/messages/{message_id}/attempts", tag = "messages", operation_id = "message_attempts",
+    summary = "A message's delivery attempts, oldest first",
+    security(("bearer" = [])),
+    params(("message_id" = String, Path, description = "The message's id", format = "uuid")),
+    responses(
+        (status = 200, description = "Every provider call", body = AttemptList),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn attempts(
     State(state): State<AppState>,
     Account(account): Account,
@@ -438,19 +546,42 @@ pub(crate) async fn history(
         .ok_or_else(|| ApiError::not_found(what))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only messages in this state (empty: any).
     #[serde(default, deserialize_with = "status_filter")]
+    #[param(value_type = String, required = false, pattern = "^(|queued|sending|sent|delivered|read|failed)$")]
     status: Option<MessageStatus>,
+    /// Page size, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 1000)]
     limit: Limit,
+    /// The `next_cursor` of the previous page (empty: the first page).
+    #[param(value_type = String, required = false)]
     cursor: Option<String>,
 }
 
 const CURSOR_TAG: &str = "m";
 
 /// `GET /v1/users/{id}/messages`: newest first, optionally of one status.
+#[utoipa::path(
+    get, path = "/v1/users/{id}/messages", tag = "messages", operation_id = "list_messages",
+    summary = "A user's messages, newest first",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123"),
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
