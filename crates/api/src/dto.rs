@@ -11,8 +11,15 @@ use kurir_store::{
     messages::Message, pipeline::Attempt, status_updates::StatusUpdate, users::User,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
+use utoipa::ToSchema;
 
-use crate::error::ApiError;
+use crate::{
+    error::ApiError,
+    openapi::{
+        BatchResultDoc, LastErrorDoc, MessageStatusDoc, OutcomeDoc, StatusUpdateStateDoc,
+        TemplateDoc,
+    },
+};
 
 fn ts<S: Serializer>(value: &DateTime<Utc>, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&value.to_rfc3339_opts(SecondsFormat::Millis, true))
@@ -25,12 +32,24 @@ fn ts_opt<S: Serializer>(value: &Option<DateTime<Utc>>, serializer: S) -> Result
     }
 }
 
-#[derive(Serialize)]
+/// A user (the seed's fields first).
+#[derive(Serialize, ToSchema)]
+#[schema(as = User, examples(json!({
+    "id": "user123", "name": "John Doe", "phone_number": "+62123456789",
+    "profile_image": "https://example.com/users/user123.jpg", "status": "online",
+    "created_at": "2026-05-01T08:00:00.000Z", "updated_at": "2026-05-01T08:00:00.000Z",
+    "window_open_until": null
+})))]
 pub struct UserJson {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub id: String,
     pub name: String,
+    /// E.164: `+` then 7 to 15 digits.
     pub phone_number: String,
+    /// An absolute http(s) URL, or null.
+    #[schema(required = true, format = "uri")]
     pub profile_image: Option<String>,
+    /// Free text, at most 139 characters (may be empty).
     pub status: String,
     #[serde(serialize_with = "ts")]
     pub created_at: DateTime<Utc>,
@@ -40,6 +59,7 @@ pub struct UserJson {
     /// after they last wrote to the business, if kurir heard of it (its
     /// receipts webhook); `null` if it does not know.
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub window_open_until: Option<DateTime<Utc>>,
 }
 
@@ -58,39 +78,68 @@ impl From<User> for UserJson {
     }
 }
 
-#[derive(Serialize)]
+/// A page of users, in creation order.
+#[derive(Serialize, ToSchema)]
 pub struct UserList {
     pub users: Vec<UserJson>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
-#[derive(Serialize)]
+/// A message and its delivery state: `message` for a text, `template` for
+/// a template (exactly one of them).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Message, examples(json!({
+    "message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "user_id": "user123", "message": "Halo!",
+    "message_status": "sent", "attempts": 1, "next_attempt_at": null, "last_error": null,
+    "provider_message_id": "wamid.HBgLNjIxMjM0NTY3ODkVAgARGBI", "created_at": "2026-05-01T08:00:00.000Z",
+    "updated_at": "2026-05-01T08:00:00.120Z", "sent_at": "2026-05-01T08:00:00.120Z",
+    "delivered_at": null, "read_at": null, "failed_at": null
+})))]
 pub struct MessageJson {
+    #[schema(format = "uuid")]
     pub message_id: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub user_id: String,
     /// The text, for a text message (the seed's field).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     /// The template, for a template message, as it was sent.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = TemplateDoc, required = false)]
     pub template: Option<serde_json::Value>,
+    #[schema(value_type = MessageStatusDoc)]
     pub message_status: &'static str,
+    /// Provider calls made so far.
+    #[schema(minimum = 0)]
     pub attempts: i32,
+    /// When a waiting retry is due; `null` otherwise.
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, while a retry waits or once the message
+    /// `failed`; `null` once it is sent.
+    #[schema(value_type = Option<LastErrorDoc>, required = true)]
     pub last_error: Option<LastError>,
+    /// WhatsApp's id (`wamid.…`) once it took the message.
+    #[schema(required = true)]
     pub provider_message_id: Option<String>,
     #[serde(serialize_with = "ts")]
     pub created_at: DateTime<Utc>,
     #[serde(serialize_with = "ts")]
     pub updated_at: DateTime<Utc>,
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub sent_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub delivered_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub read_at: Option<DateTime<Utc>>,
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub failed_at: Option<DateTime<Utc>>,
 }
 
@@ -116,19 +165,29 @@ impl From<Message> for MessageJson {
     }
 }
 
-#[derive(Serialize)]
+/// A page of a user's messages, newest first.
+#[derive(Serialize, ToSchema)]
 pub struct MessageList {
     pub messages: Vec<MessageJson>,
+    /// Pass as `cursor` for the next page; `null` on the last one.
+    #[schema(required = true)]
     pub next_cursor: Option<String>,
 }
 
 /// The seed's answer to a send: `{"message_id","message_status"}`, and a
 /// `warning` when kurir expects WhatsApp to refuse it.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued"})))]
 pub struct Accepted {
+    #[schema(format = "uuid")]
     pub message_id: String,
+    /// `queued` at once; after `Prefer: wait`, the state then.
+    #[schema(value_type = MessageStatusDoc)]
     pub message_status: &'static str,
+    /// Set when kurir expects WhatsApp to refuse the message (a text to a
+    /// user whose 24-hour window is known to be closed).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
     pub warning: Option<&'static str>,
 }
 
@@ -136,15 +195,29 @@ pub struct Accepted {
 /// known to be closed.
 pub const OUTSIDE_WINDOW: &str = "the user last wrote more than 24 hours ago (as far as kurir knows), so WhatsApp will likely refuse free-form text (131047): send a template instead";
 
-#[derive(Serialize)]
+/// A status update and its delivery state.
+#[derive(Serialize, ToSchema)]
+#[schema(as = StatusUpdate, examples(json!({
+    "status_update_id": "0193b1f3-0a4d-7b1c-8e2f-3d4c5b6a7980", "user_id": "user123",
+    "status": "Sedang sibuk dalam rapat.", "status_update": "success", "attempts": 1,
+    "next_attempt_at": null, "last_error": null,
+    "created_at": "2026-05-01T08:00:00.000Z", "updated_at": "2026-05-01T08:00:00.090Z"
+})))]
 pub struct StatusUpdateJson {
+    #[schema(format = "uuid")]
     pub status_update_id: String,
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     pub user_id: String,
+    /// The new status text.
     pub status: String,
+    #[schema(value_type = StatusUpdateStateDoc)]
     pub status_update: &'static str,
+    #[schema(minimum = 0)]
     pub attempts: i32,
     #[serde(serialize_with = "ts_opt")]
+    #[schema(required = true)]
     pub next_attempt_at: Option<DateTime<Utc>>,
+    #[schema(value_type = Option<LastErrorDoc>, required = true)]
     pub last_error: Option<LastError>,
     #[serde(serialize_with = "ts")]
     pub created_at: DateTime<Utc>,
@@ -182,29 +255,44 @@ pub enum BatchResult {
 }
 
 /// `POST /v1/messages/batch`: one result per item, in order.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub struct BatchResults {
+    #[schema(value_type = Vec<BatchResultDoc>)]
     pub results: Vec<BatchResult>,
 }
 
 /// The seed's answer to a status update: `{"status_update_id","status_update"}`.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"status_update_id": "0193b1f3-0a4d-7b1c-8e2f-3d4c5b6a7980", "status_update": "queued"})))]
 pub struct StatusAccepted {
+    #[schema(format = "uuid")]
     pub status_update_id: String,
+    /// `queued` at once; after `Prefer: wait`, the state then.
+    #[schema(value_type = StatusUpdateStateDoc)]
     pub status_update: &'static str,
 }
 
 /// One delivery attempt: a real provider call and how it ended.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(as = Attempt)]
 pub struct AttemptJson {
+    /// 1 for the first attempt.
+    #[schema(minimum = 1)]
     pub number: i32,
     #[serde(serialize_with = "ts")]
     pub started_at: DateTime<Utc>,
+    #[schema(minimum = 0)]
     pub latency_ms: i32,
     /// `delivered`, `retryable` or `permanent`.
+    #[schema(value_type = OutcomeDoc)]
     pub outcome: &'static str,
+    /// The provider's HTTP status, if it answered.
+    #[schema(required = true)]
     pub http_status: Option<i32>,
+    /// The provider's error code (`"131026"`) or kurir's (`timeout`, `connect`).
+    #[schema(required = true)]
     pub code: Option<String>,
+    #[schema(required = true)]
     pub detail: Option<String>,
 }
 
@@ -223,7 +311,13 @@ impl From<Attempt> for AttemptJson {
 }
 
 /// `GET …/attempts`: oldest first.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
+#[schema(examples(json!({"attempts": [
+    {"number": 1, "started_at": "2026-05-01T08:00:00.010Z", "latency_ms": 3, "outcome": "retryable",
+     "http_status": 503, "code": "131016", "detail": "(#131016) Service unavailable"},
+    {"number": 2, "started_at": "2026-05-01T08:00:02.010Z", "latency_ms": 2, "outcome": "delivered",
+     "http_status": 200, "code": null, "detail": null}
+]})))]
 pub struct AttemptList {
     pub attempts: Vec<AttemptJson>,
 }

@@ -40,14 +40,27 @@ pub struct ApiError {
     cause: Option<Box<str>>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: the body of every error.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({
+    "type": "https://kurir.dev/problems/validation", "title": "Invalid request", "status": 422,
+    "detail": "message must not be blank",
+    "errors": [{"field": "message", "message": "must not be blank"}]
+})))]
+pub(crate) struct Problem<'a> {
+    /// `https://kurir.dev/problems/<slug>`: `validation`, `not-found`,
+    /// `unauthorized`, `rate-limited`, `unavailable`… (README, "Errors").
     #[serde(rename = "type")]
+    #[schema(format = "uri")]
     kind: String,
     title: &'a str,
+    /// The HTTP status.
+    #[schema(minimum = 400, maximum = 599)]
     status: u16,
     detail: &'a str,
+    /// The fields at fault, for a validation problem (422) or a conflict (409).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    #[schema(value_type = Vec<crate::openapi::FieldErrorDoc>, required = false)]
     errors: &'a [FieldError],
 }
 

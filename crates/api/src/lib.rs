@@ -15,6 +15,7 @@ pub mod idempotency;
 pub mod keycache;
 pub mod limit;
 pub mod metrics;
+pub mod openapi;
 pub mod ops;
 pub mod routes;
 pub mod server;
@@ -182,6 +183,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(ops::router(state.probe()))
+        .route("/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::route_not_found() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(metrics::track))

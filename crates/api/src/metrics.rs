@@ -4,6 +4,8 @@
 
 use std::time::Instant;
 
+use serde_json::json;
+
 use axum::{
     extract::{MatchedPath, Request},
     http::header,
@@ -40,6 +42,13 @@ pub async fn track(request: Request, next: Next) -> Response {
 }
 
 /// `GET /metrics`: the process's metrics in Prometheus' text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations", operation_id = "metrics",
+    summary = "Prometheus metrics",
+    description = "The process's metrics in Prometheus' text exposition format (README, \"Metrics\"). No key is needed.",
+    responses((status = 200, description = "The metrics", content_type = "text/plain; version=0.0.4; charset=utf-8", body = String,
+        example = json!("kurir_accepted_total{kind=\"message\"} 1840\n"))),
+)]
 pub async fn render() -> Response {
     (
         [(

@@ -31,9 +31,13 @@ pub struct Probe {
     pub consuming: Option<watch::Receiver<kurir_bus::LinkState>>,
 }
 
-#[derive(Debug, Serialize)]
+/// What `/readyz` found: `ok` or `unavailable` for each dependency.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({"postgres": "ok", "rabbitmq": "ok"})))]
 pub struct Readiness {
+    #[schema(value_type = String, pattern = "^(ok|unavailable)$")]
     pub postgres: &'static str,
+    #[schema(value_type = String, pattern = "^(ok|unavailable)$")]
     pub rabbitmq: &'static str,
 }
 
@@ -157,10 +161,28 @@ impl Readyz {
     }
 }
 
+/// `GET /healthz`: the process is alive.
+#[utoipa::path(
+    get, path = "/healthz", tag = "operations", operation_id = "healthz",
+    summary = "The process is alive",
+    responses((status = 200, description = "Alive", body = crate::openapi::Health, example = json!({"status": "ok"}))),
+)]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))
 }
 
+/// `GET /readyz`: the API can accept (Postgres answers; RabbitMQ is reported
+/// but not required).
+#[utoipa::path(
+    get, path = "/readyz", tag = "operations", operation_id = "readyz",
+    summary = "The dependencies answer",
+    description = "The API's readiness needs Postgres only: it still accepts while RabbitMQ is down (rows wait in Postgres).",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Not ready: Postgres does not answer", body = Readiness,
+            example = json!({"postgres": "unavailable", "rabbitmq": "ok"})),
+    ),
+)]
 async fn readyz(State(readyz): State<Readyz>) -> (StatusCode, Json<Readiness>) {
     let (seen, postgres_error) = readyz.probe.observe().await;
     readyz.note(seen, postgres_error.as_deref());

@@ -11,6 +11,7 @@ use kurir_store::{
     pipeline, users,
 };
 use serde::Deserialize;
+use utoipa::IntoParams;
 
 use super::{answer_seed_post, users::user_id};
 use crate::{
@@ -25,6 +26,11 @@ use crate::{
     idempotency::{
         HEADER, IdempotencyKey, canonical_json, claim, fingerprint, kept_json, key_problem, replay,
         respond,
+    },
+    openapi::{
+        BadRequest, Conflict, IdempotencyHeader, NotFound, PayloadTooLarge, RequestTimeout,
+        SeedPostHeaders, SendBatchDoc, SendMessageDoc, TooManyRequests, Unauthorized, Unavailable,
+        Unprocessable, UnsupportedMediaType,
     },
     trace::Trace,
     wait::PreferWait,
@@ -61,13 +67,63 @@ fn content(
         (Some(text), None) => errors
             .check(MessageBody::parse("message", &text))
             .map(Content::Text),
-        (None, Some(raw)) => match Template::parse("template", &raw) {
-            Ok(template) => Some(Content::Template(template)),
-            Err(more) => {
-                errors.0.extend(more.0);
-                None
+        (None, Some(mut raw)) => {
+            whole_indexes(&mut raw);
+            let before = errors.0.len();
+            refuse_nul("template", &raw, errors);
+            match Template::parse("template", &raw) {
+                Ok(template) if errors.0.len() == before => Some(Content::Template(template)),
+                Ok(_) => None,
+                Err(more) => {
+                    errors.0.extend(more.0);
+                    None
+                }
             }
-        },
+        }
+    }
+}
+
+/// A button's `index` written as a whole number with a fraction (`9.0`) is
+/// the number 9 in JSON (and to a JSON Schema validator): make it `9`, the
+/// form `Template::parse` takes and Meta expects.
+fn whole_indexes(raw: &mut serde_json::Value) {
+    let components = raw.get_mut("components").and_then(|c| c.as_array_mut());
+    for component in components.into_iter().flatten() {
+        if let Some(index) = component.get_mut("index")
+            && let Some(number) = index.as_f64()
+            && index.as_u64().is_none()
+            && number.fract() == 0.0
+            && (0.0..=9.0).contains(&number)
+        {
+            *index = serde_json::Value::from(number as u64);
+        }
+    }
+}
+
+/// Names each string (a value or a key) under `value` that holds U+0000:
+/// Postgres cannot store it in `jsonb`, and Meta's components are passed
+/// through as given, beyond what `Template::parse` looks at.
+fn refuse_nul(field: &str, value: &serde_json::Value, errors: &mut ValidationErrors) {
+    const NUL: &str = "must not contain NUL characters (U+0000)";
+    match value {
+        serde_json::Value::String(text) if text.contains('\0') => {
+            errors.push(FieldError::new(field, NUL));
+        }
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                refuse_nul(&format!("{field}[{i}]"), item, errors);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (key, item) in map {
+                let path = format!("{field}.{}", key.replace('\0', "\\u0000"));
+                if key.contains('\0') {
+                    errors.push(FieldError::new(path.clone(), NUL));
+                }
+                refuse_nul(&path, item, errors);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -99,6 +155,52 @@ fn warning(stored: &Result<Stored, ApiError>) -> Option<&'static str> {
 /// request gets the first response and stores nothing. With
 /// `Prefer: wait=N`, 200 once it is `sent` or `failed` within N seconds
 /// (see [`crate::wait`]).
+#[utoipa::path(
+    post, path = "/v1/users/{id}/messages", tag = "messages", operation_id = "send_message",
+    summary = "Send a message (the seed endpoint)",
+    description = "Stores the message (202) for a worker to deliver. A text to a user whose 24-hour window is known to be closed is still accepted, with a `warning`. With `Prefer: wait=N`, the answer waits until the message is `sent` or `failed` (200) or N seconds pass (202).",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123"), SeedPostHeaders),
+    request_body(content = SendMessageDoc, content_type = "application/json",
+        examples(
+            ("text" = (summary = "A text", value = json!({"message": "Halo!"}))),
+            ("template" = (summary = "A template with positional parameters", value = json!({"template": {"name": "order_update", "language": "id", "parameters": ["Budi", "#1234"]}}))),
+            ("components" = (summary = "A template with Meta's components", value = json!({"template": {"name": "order_update", "language": "en_US", "components": [
+                {"type": "body", "parameters": [{"type": "text", "text": "Ada"}, {"type": "text", "text": "#99"}]}]}}))),
+            ("no variables" = (summary = "A template without variables", value = json!({"template": {"name": "hello_world", "language": "en_US"}}))),
+        )),
+    responses(
+        (status = 202, description = "Stored; a worker delivers it", body = Accepted, headers(
+                ("Location" = String, description = "`/v1/messages/{message_id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("Preference-Applied" = String, description = "`wait=N` when the request waited (at most N seconds)"),
+                ("RateLimit" = String, description = "What is left of the intake limit: `\"intake\";r=<remaining>;t=<seconds until full>`"),
+                ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
+            ),
+            examples(
+                ("queued" = (value = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued"}))),
+                ("outside the window" = (value = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued", "warning": crate::dto::OUTSIDE_WINDOW}))),
+            )),
+        (status = 200, description = "With `Prefer: wait`: the message is over (`sent` or `failed`)", body = Accepted, headers(
+                ("Location" = String, description = "`/v1/messages/{message_id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("Preference-Applied" = String, description = "`wait=N` when the request waited (at most N seconds)"),
+                ("RateLimit" = String, description = "What is left of the intake limit: `\"intake\";r=<remaining>;t=<seconds until full>`"),
+                ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
+            ),
+            example = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "sent"})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn send(
     State(state): State<AppState>,
     Account(account): Account,
@@ -270,6 +372,38 @@ fn batch_item(
 /// makes the whole batch so: a repeat gets the first response, and each
 /// item without a key of its own is keyed by the header's and its position,
 /// so a repeat after a lost answer stores none of them twice.
+#[utoipa::path(
+    post, path = "/v1/messages/batch", tag = "messages", operation_id = "send_batch",
+    summary = "Send up to 1,000 messages",
+    description = "One result per item, in order: accepted, or the problem a lone send would have got. Valid items are accepted even when others are invalid or name unknown users; 503 only if Postgres could store none. The intake limit counts the valid items: all of them fit, or the whole batch is 429. Does not wait (`Prefer` is ignored).",
+    security(("bearer" = [])),
+    params(IdempotencyHeader),
+    request_body(content = SendBatchDoc, content_type = "application/json",
+        example = json!({"messages": [
+            {"user_id": "user123", "message": "Halo!", "idempotency_key": "order-41"},
+            {"user_id": "user456", "template": {"name": "order_update", "language": "id", "parameters": ["Sari", "#1235"]}}
+        ]})),
+    responses(
+        (status = 202, description = "One result per item, in order", body = BatchResults,
+            headers(
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("RateLimit" = String, description = "What is left of the intake limit: `\"intake\";r=<remaining>;t=<seconds until full>`"),
+                ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
+            ),
+            example = json!({"results": [
+                {"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued"},
+                {"error": {"type": "https://kurir.dev/problems/not-found", "title": "Not found", "status": 404, "detail": "no such user"}}
+            ]})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 429, response = TooManyRequests),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn send_batch(
     State(state): State<AppState>,
     Account(account): Account,
@@ -401,6 +535,18 @@ pub fn message_id(raw: &str) -> ApiResult<MessageId> {
 }
 
 /// `GET /v1/messages/{message_id}`: poll a message's delivery state.
+#[utoipa::path(
+    get, path = "/v1/messages/{message_id}", tag = "messages", operation_id = "get_message",
+    summary = "Poll a message",
+    security(("bearer" = [])),
+    params(("message_id" = String, Path, description = "The message's id", format = "uuid")),
+    responses(
+        (status = 200, description = "The message", body = MessageJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
@@ -417,6 +563,18 @@ pub async fn get(
 }
 
 /// `GET /v1/messages/{message_id}/attempts`: every provider call, oldest first.
+#[utoipa::path(
+    get, path = "/v1/messages/{message_id}/attempts", tag = "messages", operation_id = "message_attempts",
+    summary = "A message's delivery attempts, oldest first",
+    security(("bearer" = [])),
+    params(("message_id" = String, Path, description = "The message's id", format = "uuid")),
+    responses(
+        (status = 200, description = "Every provider call", body = AttemptList),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn attempts(
     State(state): State<AppState>,
     Account(account): Account,
@@ -444,19 +602,42 @@ pub(crate) async fn history(
         .ok_or_else(|| ApiError::not_found(what))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Only messages in this state (empty: any).
     #[serde(default, deserialize_with = "status_filter")]
+    #[param(value_type = String, required = false, pattern = "^(|queued|sending|sent|delivered|read|failed)$")]
     status: Option<MessageStatus>,
+    /// Page size, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 1000)]
     limit: Limit,
+    /// The `next_cursor` of the previous page (empty: the first page).
+    #[param(value_type = String, required = false)]
     cursor: Option<String>,
 }
 
 const CURSOR_TAG: &str = "m";
 
 /// `GET /v1/users/{id}/messages`: newest first, optionally of one status.
+#[utoipa::path(
+    get, path = "/v1/users/{id}/messages", tag = "messages", operation_id = "list_messages",
+    summary = "A user's messages, newest first",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123"),
+        ListQuery,
+    ),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,
@@ -497,4 +678,32 @@ pub async fn list(
         messages: page.into_iter().map(MessageJson::from).collect(),
         next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nul_in_a_template_is_a_field_error_and_a_whole_index_is_a_number() {
+        let raw = serde_json::json!({"name": "order_update", "language": "en_US", "components": [
+            {"type": "header", "parameters": [{"type": "image", "image": {"link": "https://x/\u{0}"}}]}]});
+        let mut errors = ValidationErrors::default();
+        assert!(content(&mut errors, None, Some(raw)).is_none());
+        let fields: Vec<_> = errors.0.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["template.components[0].parameters[0].image.link"]);
+
+        let raw = serde_json::json!({"name": "order_update", "language": "en_US", "components": [
+            {"type": "button", "sub_type": "url", "index": 9.0}]});
+        let mut errors = ValidationErrors::default();
+        let Some(Content::Template(template)) = content(&mut errors, None, Some(raw)) else {
+            panic!("a button index of 9.0 is 9: {errors:?}");
+        };
+        assert_eq!(template.components()[0]["index"], serde_json::json!(9));
+
+        let raw = serde_json::json!({"name": "hello_world", "language": "en_US"});
+        let mut errors = ValidationErrors::default();
+        assert!(content(&mut errors, None, Some(raw)).is_some());
+        assert!(errors.is_empty());
+    }
 }

@@ -7,6 +7,7 @@ use kurir_store::{
     status_updates::{self, NewStatusUpdate},
 };
 use serde::Deserialize;
+use utoipa::ToSchema;
 
 use super::{answer_seed_post, users::user_id};
 use crate::trace::Trace;
@@ -17,12 +18,20 @@ use crate::{
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody},
     idempotency::{IdempotencyKey, claim, fingerprint, kept_json},
+    openapi::{
+        BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, SeedPostHeaders,
+        Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
+    },
     wait::PreferWait,
 };
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({"status": "Sedang sibuk dalam rapat."})))]
 pub struct SetStatus {
+    /// The new status text: 1–139 characters, not blank, no control characters.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 139,
+        pattern = "^(?=[\\s\\S]*\\S)[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     status: Option<String>,
 }
 
@@ -31,6 +40,38 @@ pub struct SetStatus {
 /// repeat of the same request gets the first response and stores nothing.
 /// With `Prefer: wait=N`, 200 once it is `success` or `failed` within N
 /// seconds (see [`crate::wait`]).
+#[utoipa::path(
+    post, path = "/v1/users/{id}/status", tag = "status-updates", operation_id = "set_status",
+    summary = "Set a user's status (the seed endpoint)",
+    description = "Stores the update (202) for a worker to apply; once it succeeds, the user's `status` is the new text. With `Prefer: wait=N`, the answer waits until it is `success` or `failed` (200) or N seconds pass (202). Status updates do not count against the intake limit.",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123"), SeedPostHeaders),
+    request_body(content = SetStatus, content_type = "application/json"),
+    responses(
+        (status = 202, description = "Stored; a worker applies it", body = StatusAccepted,
+            headers(
+                ("Location" = String, description = "`/v1/status-updates/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("Preference-Applied" = String, description = "`wait=N` when the request waited (at most N seconds)"),
+            )),
+        (status = 200, description = "With `Prefer: wait`: the update is over (`success` or `failed`)", body = StatusAccepted,
+            headers(
+                ("Location" = String, description = "`/v1/status-updates/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the `Idempotency-Key`"),
+                ("Preference-Applied" = String, description = "`wait=N`: how long the request waited at most"),
+            ),
+            example = json!({"status_update_id": "0193b1f3-0a4d-7b1c-8e2f-3d4c5b6a7980", "status_update": "success"})),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn set(
     State(state): State<AppState>,
     Account(account): Account,
@@ -104,6 +145,18 @@ fn status_update_id(raw: &str) -> ApiResult<StatusUpdateId> {
 }
 
 /// `GET /v1/status-updates/{id}`.
+#[utoipa::path(
+    get, path = "/v1/status-updates/{id}", tag = "status-updates", operation_id = "get_status_update",
+    summary = "Poll a status update",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The status update's id", format = "uuid")),
+    responses(
+        (status = 200, description = "The status update", body = StatusUpdateJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
@@ -120,6 +173,18 @@ pub async fn get(
 }
 
 /// `GET /v1/status-updates/{id}/attempts`: every provider call, oldest first.
+#[utoipa::path(
+    get, path = "/v1/status-updates/{id}/attempts", tag = "status-updates", operation_id = "status_update_attempts",
+    summary = "A status update's attempts, oldest first",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The status update's id", format = "uuid")),
+    responses(
+        (status = 200, description = "Every provider call", body = AttemptList),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn attempts(
     State(state): State<AppState>,
     Account(account): Account,

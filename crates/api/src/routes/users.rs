@@ -8,6 +8,7 @@ use kurir_store::{
     users,
 };
 use serde::Deserialize;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::{
     AppState,
@@ -15,15 +16,39 @@ use crate::{
     error::{ApiError, ApiResult},
     extract::{Account, Id, JsonBody, Params},
     idempotency::{HEADER, IdempotencyKey, Kept, claim, fingerprint, kept_json, replay, respond},
+    openapi::{
+        BadRequest, Conflict, IdempotencyHeader, NotFound, PayloadTooLarge, RequestTimeout,
+        Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
+    },
 };
 
-#[derive(Debug, Deserialize)]
+/// A new user: `name` and `phone_number` are required.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(examples(json!({
+    "id": "user123", "name": "John Doe", "phone_number": "+62123456789",
+    "profile_image": "https://example.com/users/user123.jpg", "status": "online"
+})))]
 pub struct CreateUser {
+    /// Chosen by the client, or generated (`usr_…`) when absent or null.
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     id: Option<String>,
+    /// 1–256 characters, not blank, no control characters.
+    #[schema(value_type = String, required = true, min_length = 1, max_length = 256,
+        pattern = "^(?=[\\s\\S]*\\S)[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     name: Option<String>,
+    /// E.164: `+` then 7 to 15 digits, not starting with 0; unique within the account.
+    #[schema(value_type = String, required = true, pattern = "^\\+[1-9][0-9]{6,14}$")]
     phone_number: Option<String>,
+    /// An absolute http(s) URL of at most 2048 characters, or null.
+    #[schema(
+        format = "uri",
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,4})?(/[A-Za-z0-9._~%/-]*)?$"
+    )]
     profile_image: Option<String>,
+    /// At most 139 characters, no control characters; empty when absent or null.
+    #[schema(max_length = 139, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     status: Option<String>,
 }
 
@@ -85,6 +110,28 @@ impl CreateUser {
 /// `POST /v1/users`: 201 with the user. With an `Idempotency-Key`, the key
 /// is claimed in the transaction that inserts the user, so a repeat (or a
 /// concurrent twin) gets the first response and creates nothing.
+#[utoipa::path(
+    post, path = "/v1/users", tag = "users", operation_id = "create_user",
+    summary = "Create a user",
+    security(("bearer" = [])),
+    params(IdempotencyHeader),
+    request_body(content = CreateUser, content_type = "application/json"),
+    responses(
+        (status = 201, description = "Created (or, with a replayed `Idempotency-Key`, the user as first created)", body = UserJson,
+            headers(
+                ("Location" = String, description = "`/v1/users/{id}`"),
+                ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the key"),
+            )),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 409, response = Conflict),
+        (status = 413, response = PayloadTooLarge),
+        (status = 415, response = UnsupportedMediaType),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn create(
     State(state): State<AppState>,
     Account(account): Account,
@@ -164,6 +211,19 @@ pub fn user_id(raw: &str) -> ApiResult<UserId> {
     UserId::parse("id", raw).map_err(|_| ApiError::not_found("user"))
 }
 
+/// `GET /v1/users/{id}`.
+#[utoipa::path(
+    get, path = "/v1/users/{id}", tag = "users", operation_id = "get_user",
+    summary = "Get a user",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123")),
+    responses(
+        (status = 200, description = "The user", body = UserJson),
+        (status = 401, response = Unauthorized),
+        (status = 404, response = NotFound),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn get(
     State(state): State<AppState>,
     Account(account): Account,
@@ -178,16 +238,34 @@ pub async fn get(
         .ok_or_else(|| ApiError::not_found("user"))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Page size, 1 to 1000 (default 100).
     #[serde(default)]
+    #[param(value_type = i64, required = false, minimum = 1, maximum = 1000)]
     limit: Limit,
+    /// The `next_cursor` of the previous page (empty: the first page).
+    #[param(value_type = String, required = false)]
     cursor: Option<String>,
 }
 
 const CURSOR_TAG: &str = "u";
 
+/// `GET /v1/users`: the account's users, in creation order.
+#[utoipa::path(
+    get, path = "/v1/users", tag = "users", operation_id = "list_users",
+    summary = "List users (the seed endpoint)",
+    security(("bearer" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of users", body = UserList),
+        (status = 401, response = Unauthorized),
+        (status = 422, response = Unprocessable),
+        (status = 503, response = Unavailable),
+    ),
+)]
 pub async fn list(
     State(state): State<AppState>,
     Account(account): Account,

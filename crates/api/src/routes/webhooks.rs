@@ -34,13 +34,14 @@ use kurir_store::{
     Db, StoreError,
     receipts::{self, Receipt},
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use sha2::Sha256;
 
 use crate::{
     AppState,
     error::{ApiError, ApiResult, Throttle},
     extract::read_body,
+    openapi::{BadRequest, Forbidden, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable},
     whatsapp,
 };
 
@@ -193,7 +194,33 @@ fn not_configured() -> ApiError {
     )
 }
 
+/// The handshake's query (read with `form_urlencoded`: other parameters
+/// are ignored, a repeated one counts once).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HandshakeQuery {
+    /// `subscribe`.
+    #[param(rename = "hub.mode", value_type = String, required = false, example = "subscribe")]
+    pub mode: Option<String>,
+    /// `KURIR_WHATSAPP_VERIFY_TOKEN`, as given to Meta.
+    #[param(rename = "hub.verify_token", value_type = String, required = false, example = "demo-verify-token")]
+    pub verify_token: Option<String>,
+    /// Echoed back.
+    #[param(rename = "hub.challenge", value_type = String, required = false, example = "1158201444")]
+    pub challenge: Option<String>,
+}
+
 /// `GET /v1/webhooks/whatsapp?hub.mode=subscribe&hub.verify_token=…&hub.challenge=…`
+#[utoipa::path(
+    get, path = "/v1/webhooks/whatsapp", tag = "webhooks", operation_id = "whatsapp_handshake",
+    summary = "Meta's subscription handshake",
+    description = "Answers `hub.challenge` as plain text when `hub.mode` is `subscribe` and `hub.verify_token` is `KURIR_WHATSAPP_VERIFY_TOKEN`. No API key. Other query parameters are ignored.",
+    params(HandshakeQuery),
+    responses(
+        (status = 200, description = "The challenge, echoed", content_type = "text/plain", body = String, example = "1158201444"),
+        (status = 403, response = Forbidden),
+    ),
+)]
 pub async fn handshake(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
     let query = request.uri().query().unwrap_or("");
     let param = |name: &str| {
@@ -225,7 +252,29 @@ pub async fn handshake(State(state): State<AppState>, request: Request) -> ApiRe
 }
 
 /// `POST /v1/webhooks/whatsapp`: 200 with what was done, once applied.
-pub async fn receive(State(state): State<AppState>, request: Request) -> ApiResult<Json<Value>> {
+#[utoipa::path(
+    post, path = "/v1/webhooks/whatsapp", tag = "webhooks", operation_id = "whatsapp_receipts",
+    summary = "Meta's status notifications (receipts) and incoming messages",
+    description = "No API key: the body must be signed with the Meta app's secret (`KURIR_WHATSAPP_APP_SECRET`). Statuses are applied to messages (forward only), incoming messages open the user's 24-hour window, everything else is answered 200 and ignored. The body is read as JSON whatever its `Content-Type`; it may be up to 3 MiB.",
+    params(
+        ("X-Hub-Signature-256" = String, Header, description = "`sha256=` and the hex HMAC-SHA256 of the raw body under the app secret", pattern = "^sha256=[0-9A-Fa-f]{64}$"),
+    ),
+    request_body(content = Value, content_type = "application/json", description = "A WhatsApp Cloud API webhook notification (any JSON is taken: what kurir has no use for is counted as ignored)",
+        example = json!({"object": "whatsapp_business_account", "entry": [{"id": "1", "changes": [{"field": "messages", "value": {
+            "messaging_product": "whatsapp", "metadata": {"display_phone_number": "15550000000", "phone_number_id": "1234567890"},
+            "contacts": [{"wa_id": "62123456789", "user_id": "ID.13491208655302741918"}],
+            "statuses": [{"id": "wamid.HBgLNjIxMjM0NTY3ODkVAgARGBI", "status": "read", "timestamp": "1780000000", "recipient_id": "62123456789",
+                "recipient_user_id": "ID.13491208655302741918", "biz_opaque_callback_data": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10"}]}}]}]})),
+    responses(
+        (status = 200, description = "Applied: what the notification came to", body = Applied),
+        (status = 400, response = BadRequest),
+        (status = 401, response = Unauthorized),
+        (status = 408, response = RequestTimeout),
+        (status = 413, response = PayloadTooLarge),
+        (status = 503, response = Unavailable),
+    ),
+)]
+pub async fn receive(State(state): State<AppState>, request: Request) -> ApiResult<Json<Applied>> {
     let hook = Arc::clone(&state.whatsapp);
     let signature = signature(request.headers());
     if hook.app_secret.is_none() || signature.is_none() {
@@ -276,14 +325,32 @@ pub async fn receive(State(state): State<AppState>, request: Request) -> ApiResu
         ignored = parsed.ignored,
         "whatsapp webhook applied"
     );
-    Ok(Json(json!({
-        "receipts": count,
-        "matched": applied.matched,
-        "changed": applied.changed,
-        "unknown": applied.unknown,
-        "inbound": inbound,
-        "ignored": parsed.ignored,
-    })))
+    Ok(Json(Applied {
+        changed: applied.changed,
+        ignored: parsed.ignored,
+        inbound,
+        matched: applied.matched,
+        receipts: count as u64,
+        unknown: applied.unknown,
+    }))
+}
+
+/// What one notification came to (fields in the order they always had).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[schema(examples(json!({"changed": 1, "ignored": 0, "inbound": 0, "matched": 1, "receipts": 1, "unknown": 0})))]
+pub struct Applied {
+    /// Messages a receipt changed.
+    pub changed: u64,
+    /// Notifications kurir has no use for.
+    pub ignored: u64,
+    /// Incoming messages recorded.
+    pub inbound: u64,
+    /// Receipts that named a message sent from their number.
+    pub matched: u64,
+    /// Receipts in the notification.
+    pub receipts: u64,
+    /// Receipts for messages kurir does not know (dropped).
+    pub unknown: u64,
 }
 
 /// Refused receipts: a wrong app secret refuses every one, so the log says
