@@ -4,8 +4,6 @@
 
 use std::time::Instant;
 
-use serde_json::json;
-
 use axum::{
     extract::{MatchedPath, Request},
     http::header,
