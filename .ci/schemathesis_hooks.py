@@ -8,6 +8,7 @@
   shape is signed for real (HMAC-SHA256 of the exact body under
   KURIR_WHATSAPP_APP_SECRET), so the 200 path is tested too; a missing or
   malformed signature is left as generated and must be 401.
+- No generated body carries U+0000 (see `filter_body`).
 """
 
 import hashlib
@@ -48,3 +49,26 @@ def before_call(context, case, **kwargs):
             headers["X-Hub-Signature-256"] = f"sha256={digest}"
     if headers:
         case.headers = headers
+
+
+def _has_nul(value):
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+@schemathesis.hook
+def filter_body(context, body):
+    """No U+0000 anywhere in a generated body.
+
+    Postgres cannot store NUL, and kurir refuses it with 422 naming the
+    field. The document says so for kurir's own fields (their patterns) but
+    cannot for the free-form parts of Meta's template components (any JSON
+    passes through) without a recursive schema, so a NUL generated there
+    would be a valid request by the schema that kurir rightly refuses.
+    """
+    return not _has_nul(body)
