@@ -14,14 +14,41 @@ export type StatusUpdate = Schemas["StatusUpdate"];
 export type StatusUpdateState = Schemas["StatusUpdateState"];
 export type AttemptList = Schemas["AttemptList"];
 export type Attempt = Schemas["Attempt"];
-export type Template = Schemas["Template"];
-export type BatchItem = Schemas["BatchItem"];
 export type BatchResult = Schemas["BatchResult"];
 export type BatchResults = Schemas["BatchResults"];
 export type Problem = Schemas["Problem"];
 
+// The request shapes below are written by hand: openapi-typescript renders the
+// schema's `oneOf` for `template` as `Record<string, never>`, and its
+// TemplateParameter leaves out the per-type fields (`text`, `currency`, …).
+
+/** A template parameter in Meta's shape: `{type: "text", text: "Ada"}`, `{type: "currency", currency: {…}}`, … */
+export interface TemplateParameter {
+  type: Schemas["TemplateParameter"]["type"];
+  [field: string]: unknown;
+}
+
+/** A template component in Meta's shape (header, body or button parameters). */
+export interface TemplateComponent {
+  type: Schemas["TemplateComponent"]["type"];
+  sub_type?: string;
+  index?: string | number;
+  parameters?: TemplateParameter[];
+}
+
+/** An approved template: `parameters` (the body's positional strings) or `components`. */
+export interface Template {
+  name: string;
+  language: string;
+  parameters?: string[];
+  components?: TemplateComponent[];
+}
+
 /** A send: a text (`message`) or an approved `template`, exactly one. */
 export type SendMessage = { message: string; template?: never } | { template: Template; message?: never };
+
+/** One item of a batch: a send to `user_id`, optionally idempotent by itself. */
+export type BatchItem = { user_id: string; idempotency_key?: string } & SendMessage;
 
 export interface ClientOptions {
   /** Where kurir listens. Default `process.env.KURIR_BASE_URL`, else `http://localhost:8080`. */
