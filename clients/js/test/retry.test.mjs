@@ -2,7 +2,7 @@
 import { test, after } from "node:test";
 import assert from "node:assert/strict";
 import { createServer } from "node:http";
-import { ApiClient, ApiError, parseRetryAfter } from "@kurir/client";
+import SeedApiClient, { ApiClient, ApiError, parseRetryAfter } from "@kurir/client";
 
 /** A server that answers request number i (0-based) with script[i] (the last one repeats). */
 async function scripted(script) {
@@ -145,4 +145,10 @@ test("parseRetryAfter: seconds and HTTP dates", () => {
   assert.equal(parseRetryAfter("soon"), undefined);
   const now = Date.parse("2026-01-01T00:00:00Z");
   assert.equal(parseRetryAfter("Thu, 01 Jan 2026 00:00:03 GMT", now), 3000);
+});
+
+test("the seed's default import is the same class; a token is required", () => {
+  assert.equal(SeedApiClient, ApiClient);
+  assert.throws(() => new ApiClient(""), TypeError);
+  assert.equal(new ApiClient("k", { baseUrl: "http://h:1/" }).baseUrl, "http://h:1");
 });
