@@ -9,6 +9,7 @@
 //! is this document; a test fails when they differ (regenerate it with
 //! `KURIR_WRITE_OPENAPI=1 cargo test -p kurir-api openapi`).
 
+use kurir_core::template::PARAMETER_TYPES;
 use std::sync::OnceLock;
 
 use axum::{
@@ -336,22 +337,6 @@ fn template_text() -> Value {
         "pattern": format!(r"^(?=[\s\S]*\S)(?![\s\S]*     )[^{CONTROL}]*$"),
     })
 }
-
-/// The parameter types Meta's components take (`kurir_core::template`).
-const PARAMETER_TYPES: [&str; 12] = [
-    "text",
-    "currency",
-    "date_time",
-    "image",
-    "document",
-    "video",
-    "location",
-    "payload",
-    "coupon_code",
-    "action",
-    "product",
-    "order_status",
-];
 
 /// `messages`' items and a send's content: `message` (text) or
 /// `template`, exactly one (a null one counts as absent).

@@ -66,7 +66,8 @@ const MAX_PARTS: usize = 100;
 
 const COMPONENT_TYPES: [&str; 3] = ["header", "body", "button"];
 const COMPONENT_FIELDS: [&str; 4] = ["type", "sub_type", "index", "parameters"];
-const PARAMETER_TYPES: [&str; 12] = [
+/// The parameter types Meta's components take.
+pub const PARAMETER_TYPES: [&str; 12] = [
     "text",
     "currency",
     "date_time",
@@ -281,12 +282,56 @@ fn parse_parameters(
 }
 
 fn parse_components(field: &str, raw: &Value, errors: &mut ValidationErrors) -> Option<Vec<Value>> {
-    let items = array(field, raw, errors)?;
+    let mut items = array(field, raw, errors)?.clone();
     let before = errors.0.len();
-    for (i, component) in items.iter().enumerate() {
-        check_component(&format!("{field}[{i}]"), component, errors);
+    for (i, component) in items.iter_mut().enumerate() {
+        let field = format!("{field}[{i}]");
+        whole_index(component);
+        check_component(&field, component, errors);
+        // Passed through beyond what is checked above: Postgres cannot
+        // store U+0000 in jsonb, anywhere in it.
+        refuse_nul(&field, component, errors);
     }
-    (errors.0.len() == before).then(|| items.clone())
+    (errors.0.len() == before).then_some(items)
+}
+
+/// A button's `index` written as a whole number with a fraction (`9.0`) is
+/// the number 9 in JSON (and to a JSON Schema validator): make it `9`, the
+/// form Meta expects.
+fn whole_index(component: &mut Value) {
+    if let Some(index) = component.get_mut("index")
+        && let Some(number) = index.as_f64()
+        && index.as_u64().is_none()
+        && number.fract() == 0.0
+        && (0.0..=9.0).contains(&number)
+    {
+        *index = Value::from(number as u64);
+    }
+}
+
+/// Names each string (a value or a key) under `value` that holds U+0000.
+fn refuse_nul(field: &str, value: &Value, errors: &mut ValidationErrors) {
+    const NUL: &str = "must not contain NUL characters (U+0000)";
+    match value {
+        Value::String(text) if text.contains('\0') => {
+            errors.push(FieldError::new(field, NUL));
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                refuse_nul(&format!("{field}[{i}]"), item, errors);
+            }
+        }
+        Value::Object(map) => {
+            for (key, item) in map {
+                let path = format!("{field}.{}", key.replace('\0', "\\u0000"));
+                if key.contains('\0') {
+                    errors.push(FieldError::new(path.clone(), NUL));
+                }
+                refuse_nul(&path, item, errors);
+            }
+        }
+        _ => {}
+    }
 }
 
 fn check_component(field: &str, component: &Value, errors: &mut ValidationErrors) {

@@ -67,63 +67,13 @@ fn content(
         (Some(text), None) => errors
             .check(MessageBody::parse("message", &text))
             .map(Content::Text),
-        (None, Some(mut raw)) => {
-            whole_indexes(&mut raw);
-            let before = errors.0.len();
-            refuse_nul("template", &raw, errors);
-            match Template::parse("template", &raw) {
-                Ok(template) if errors.0.len() == before => Some(Content::Template(template)),
-                Ok(_) => None,
-                Err(more) => {
-                    errors.0.extend(more.0);
-                    None
-                }
+        (None, Some(raw)) => match Template::parse("template", &raw) {
+            Ok(template) => Some(Content::Template(template)),
+            Err(more) => {
+                errors.0.extend(more.0);
+                None
             }
-        }
-    }
-}
-
-/// A button's `index` written as a whole number with a fraction (`9.0`) is
-/// the number 9 in JSON (and to a JSON Schema validator): make it `9`, the
-/// form `Template::parse` takes and Meta expects.
-fn whole_indexes(raw: &mut serde_json::Value) {
-    let components = raw.get_mut("components").and_then(|c| c.as_array_mut());
-    for component in components.into_iter().flatten() {
-        if let Some(index) = component.get_mut("index")
-            && let Some(number) = index.as_f64()
-            && index.as_u64().is_none()
-            && number.fract() == 0.0
-            && (0.0..=9.0).contains(&number)
-        {
-            *index = serde_json::Value::from(number as u64);
-        }
-    }
-}
-
-/// Names each string (a value or a key) under `value` that holds U+0000:
-/// Postgres cannot store it in `jsonb`, and Meta's components are passed
-/// through as given, beyond what `Template::parse` looks at.
-fn refuse_nul(field: &str, value: &serde_json::Value, errors: &mut ValidationErrors) {
-    const NUL: &str = "must not contain NUL characters (U+0000)";
-    match value {
-        serde_json::Value::String(text) if text.contains('\0') => {
-            errors.push(FieldError::new(field, NUL));
-        }
-        serde_json::Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                refuse_nul(&format!("{field}[{i}]"), item, errors);
-            }
-        }
-        serde_json::Value::Object(map) => {
-            for (key, item) in map {
-                let path = format!("{field}.{}", key.replace('\0', "\\u0000"));
-                if key.contains('\0') {
-                    errors.push(FieldError::new(path.clone(), NUL));
-                }
-                refuse_nul(&path, item, errors);
-            }
-        }
-        _ => {}
+        },
     }
 }
 
