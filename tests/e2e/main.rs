@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
+mod dead_letters;
 mod delivery;
 mod faults;
 mod idempotency;

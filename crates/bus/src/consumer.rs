@@ -171,14 +171,20 @@ impl Subscription {
             Ok::<_, BusError>((channel, check, inner))
         };
         match tokio::time::timeout(CHECK_TIMEOUT, setup).await {
-            Ok(Ok((channel, check, inner))) => Ok(Self {
-                connection,
-                channel,
-                check,
-                inner,
-                tag: name.to_owned(),
-                queue,
-            }),
+            Ok(Ok((channel, check, inner))) => {
+                // Workers always run, so they move an old dead-letter queue's
+                // letters (it logs what it did; a failure is tried again at
+                // the next connect and loses nothing).
+                let _ = topology.migrate_legacy_dead(&connection).await;
+                Ok(Self {
+                    connection,
+                    channel,
+                    check,
+                    inner,
+                    tag: name.to_owned(),
+                    queue,
+                })
+            }
             Ok(Err(err)) => {
                 connection::close(&connection, "setup failed").await;
                 Err(err)

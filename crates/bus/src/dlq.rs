@@ -1,12 +1,15 @@
-//! The dead-letter queue `{p}.dead`, for operators: envelopes the broker gave
-//! up on (too many deliveries without an ack) and envelopes no worker could
-//! read. [`DeadLetters`] reads them without removing them; the caller
-//! decides which to [`DeadLetters::remove`] (after re-driving their rows);
-//! closing returns the rest to the queue, in order.
+//! The dead-letter queue `{p}.dead-letters`, for operators: envelopes the
+//! broker gave up on (too many deliveries without an ack) and envelopes no
+//! worker could read. [`DeadLetters`] reads them without removing them; the
+//! caller decides which to [`DeadLetters::remove`] (after re-driving their
+//! rows); [`DeadLetters::close`] hands the rest back, in order, with an
+//! explicit `basic.nack` (requeue), which RabbitMQ 4.3 and later do not
+//! count as a delivery. Earlier versions count it, and the queue's delivery
+//! limit is set far out of reach for that reason (see the topology module).
 
 use lapin::{
     Acker, BasicProperties, Channel, Connection,
-    options::{BasicAckOptions, BasicGetOptions},
+    options::{BasicAckOptions, BasicGetOptions, BasicNackOptions},
     types::{AMQPValue, FieldTable},
 };
 
@@ -14,6 +17,10 @@ use crate::{
     BusError, DecodeError, Envelope, Topology, connection,
     publisher::{PARKED_AT_HEADER, REASON_HEADER},
 };
+
+/// How many times a letter had been dead-lettered, kept by kurir beside the
+/// broker's `x-death` when it moves a letter from one queue to another.
+pub const DEATHS_HEADER: &str = "x-kurir-deaths";
 
 /// How long one step against the broker may take.
 const STEP: std::time::Duration = std::time::Duration::from_secs(10);
@@ -44,7 +51,7 @@ impl std::fmt::Debug for DeadLetter {
     }
 }
 
-/// A connection reading `{p}.dead`.
+/// A connection reading `{p}.dead-letters`.
 pub struct DeadLetters {
     connection: Connection,
     channel: Channel,
@@ -88,8 +95,9 @@ fn integer(value: &AMQPValue) -> Option<i64> {
 }
 
 /// (reason, deaths, first death) from a message's headers: the broker's
-/// `x-death` entries, or the headers the worker sets when it parks one.
-fn death_of(properties: &BasicProperties) -> (String, i64, Option<i64>) {
+/// `x-death` entries, or the headers the worker sets when it parks one (and
+/// kurir keeps when it moves one).
+pub(crate) fn death_of(properties: &BasicProperties) -> (String, i64, Option<i64>) {
     let Some(headers) = properties.headers().as_ref() else {
         return ("unknown".into(), 1, None);
     };
@@ -127,11 +135,17 @@ fn death_of(properties: &BasicProperties) -> (String, i64, Option<i64>) {
     let parked_at = header(headers, PARKED_AT_HEADER)
         .and_then(integer)
         .map(|ms| ms / 1000);
-    (reason, 1, parked_at)
+    let deaths = header(headers, DEATHS_HEADER)
+        .and_then(integer)
+        .unwrap_or(1)
+        .max(1);
+    (reason, deaths, parked_at)
 }
 
 impl DeadLetters {
     /// Connects once (an operator command: a clear error beats retrying).
+    /// Letters still in the old `{p}.dead` are moved in first, so the
+    /// operator sees them all.
     pub async fn open(url: &str, topology: &Topology) -> Result<Self, BusError> {
         let connection = connection::connect_once(url, "kurir-dlq").await?;
         let setup = async {
@@ -143,6 +157,13 @@ impl DeadLetters {
             Ok(channel) => channel?,
             Err(_) => return Err(BusError::Timeout(STEP)),
         };
+        let mut migration = topology.migrate_legacy_dead(&connection).await?;
+        // Someone else moving them now: wait for them, briefly.
+        let waited = std::time::Instant::now();
+        while migration == crate::Migration::Elsewhere && waited.elapsed() < STEP {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            migration = topology.migrate_legacy_dead(&connection).await?;
+        }
         Ok(Self {
             connection,
             channel,
@@ -152,6 +173,7 @@ impl DeadLetters {
 
     /// Takes up to `limit` dead letters off the queue without acking them:
     /// until [`DeadLetters::remove`]d they go back when this is closed.
+    /// Each is a delivery the broker counts (except on RabbitMQ 4.3+).
     pub async fn fetch(&self, limit: usize) -> Result<Vec<DeadLetter>, BusError> {
         let mut letters = Vec::new();
         while letters.len() < limit {
@@ -194,8 +216,21 @@ impl DeadLetters {
         }
     }
 
-    /// Closes the connection; dead letters not removed go back to the queue.
-    pub async fn close(self) {
+    /// Hands back every one of `letters` not removed (in order), then closes
+    /// the connection. Letters not handed back explicitly (the process died)
+    /// go back when the broker sees the connection close.
+    pub async fn close(self, letters: &[DeadLetter]) {
+        let back = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        for letter in letters.iter().filter(|letter| letter.acker.usable()) {
+            match tokio::time::timeout(STEP, letter.acker.nack(back)).await {
+                Ok(Ok(_)) => {}
+                // The channel is gone: the broker returns the rest itself.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
         let _ = tokio::time::timeout(
             std::time::Duration::from_secs(5),
             self.channel.close(200, "done".into()),

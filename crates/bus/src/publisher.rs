@@ -222,7 +222,7 @@ impl Publisher {
         self.queue_depth(&self.topology.deliveries()).await
     }
 
-    /// Envelopes in `{p}.dead`, the dead-letter queue; `None` if it cannot
+    /// Envelopes in `{p}.dead-letters`, the dead-letter queue; `None` if it cannot
     /// be told now.
     pub async fn dead_waiting(&self) -> Option<u32> {
         self.queue_depth(&self.topology.dead()).await
@@ -385,7 +385,7 @@ impl Publisher {
         results
     }
 
-    /// Parks a payload in `{p}.dead` for a person to look at, with the reason
+    /// Parks a payload in `{p}.dead-letters` for a person to look at, with the reason
     /// and the time (shown by `kurir dlq list`). `message_id` is the original
     /// envelope's, if it had one.
     pub async fn park(

@@ -1,5 +1,5 @@
 //! Queue depths for `kurir stats`: passive declares of `{p}.deliveries` and
-//! `{p}.dead`, which create nothing and change nothing (a queue that does
+//! `{p}.dead-letters`, which create nothing and change nothing (a queue that does
 //! not exist is reported as missing, not made).
 
 use std::time::Duration;

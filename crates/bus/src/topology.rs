@@ -3,14 +3,28 @@
 //! ```text
 //! {p}            direct ──"deliver"──▶ {p}.deliveries  quorum, x-delivery-limit,
 //!                                                       dead-letters to {p}.dlx
-//! {p}.dlx        direct ──"deliver"──────▶ {p}.dead    envelopes the broker gave up on,
-//!                       ──"undecodable"──▶ {p}.dead    and those no worker could read
+//! {p}.dlx        direct ──"deliver"──────▶ {p}.dead-letters   envelopes the broker gave up on,
+//!                       ──"undecodable"──▶ {p}.dead-letters   and those no worker could read
 //! ```
-//! Workers consume `{p}.deliveries`. `{p}.dead` is for operators
+//! Workers consume `{p}.deliveries`. `{p}.dead-letters` is for operators
 //! (`kurir dlq list|replay`); nothing is lost while an envelope sits there,
 //! since its row is still `queued` in Postgres and the relay's guard
 //! publishes it again after `KURIR_REPUBLISH_AFTER`. Only plain AMQP 0-9-1
-//! and quorum-queue arguments that RabbitMQ 3.10 and 4.x both accept are used.
+//! and quorum-queue arguments that RabbitMQ 3.10 and 4.x both accept, with
+//! the same meaning, are used.
+//!
+//! **Reading a dead letter never ages it.** Reading a quorum queue's message
+//! and handing it back counts as a delivery on RabbitMQ 3.10 through 4.2
+//! (4.3 stops counting an explicit `basic.nack` with requeue, but still
+//! counts a closed channel). RabbitMQ 4.0 gives every quorum queue declared
+//! without `x-delivery-limit` a limit of 20 and drops (or dead-letters) a
+//! message past it, so an operator listing the queue 21 times lost what was
+//! in it. `-1` means "no limit" on 4.x but "drop at the first return" on
+//! 3.x, so the dead-letter queue names a limit that means the same on both
+//! and that no amount of reading reaches: [`DEAD_LETTER_DELIVERY_LIMIT`].
+//! A queue's arguments cannot change once declared, so this queue has a new
+//! name; the old `{p}.dead` (no limit argument) is drained into it and
+//! deleted by [`Topology::migrate_legacy_dead`].
 
 use lapin::{
     Channel, ExchangeKind,
@@ -24,6 +38,11 @@ use lapin::{
 /// After this many deliveries of one envelope (each ended by a worker dying
 /// or a connection closing before its ack) the broker dead-letters it to `{p}.dead`.
 pub const DELIVERY_LIMIT: i64 = 20;
+
+/// The dead-letter queue's delivery limit: the largest value every RabbitMQ
+/// version reads as a plain number (one `kurir dlq list` a second would take
+/// 68 years to reach it). See the module comment for why not `-1`.
+pub const DEAD_LETTER_DELIVERY_LIMIT: i64 = i32::MAX as i64;
 
 pub const ROUTE_DELIVER: &str = "deliver";
 pub const ROUTE_UNDECODABLE: &str = "undecodable";
@@ -52,7 +71,14 @@ impl Topology {
         format!("{}.deliveries", self.prefix)
     }
 
+    /// The dead-letter queue, for operators.
     pub fn dead(&self) -> String {
+        format!("{}.dead-letters", self.prefix)
+    }
+
+    /// The dead-letter queue as kurir declared it until it was renamed
+    /// (quorum, no delivery limit): see [`Topology::migrate_legacy_dead`].
+    pub fn legacy_dead(&self) -> String {
         format!("{}.dead", self.prefix)
     }
 
@@ -62,6 +88,12 @@ impl Topology {
             "x-queue-type".into(),
             AMQPValue::LongString("quorum".into()),
         );
+        if dead_letter_exchange.is_none() {
+            args.insert(
+                "x-delivery-limit".into(),
+                AMQPValue::LongLongInt(DEAD_LETTER_DELIVERY_LIMIT),
+            );
+        }
         if let Some(exchange) = dead_letter_exchange {
             args.insert(
                 "x-delivery-limit".into(),
@@ -130,7 +162,7 @@ impl Topology {
                 None,
             ),
         ];
-        // Before dead letters went to `{p}.dead`, kurir kept a `{p}.redeliver`
+        // Before dead letters went to `{p}.dead` (now `{p}.dead-letters`), kurir kept a `{p}.redeliver`
         // queue bound for them: an old one would go on filling up unread.
         // (Deleting a queue that does not exist is fine.)
         channel
@@ -158,7 +190,7 @@ impl Topology {
 
     /// Deletes everything (tests clean up after themselves with this).
     pub async fn delete(&self, channel: &Channel) -> lapin::Result<()> {
-        for queue in [self.deliveries(), self.dead()] {
+        for queue in [self.deliveries(), self.dead(), self.legacy_dead()] {
             channel
                 .queue_delete(queue.into(), QueueDeleteOptions::default())
                 .await?;

@@ -1,4 +1,4 @@
-//! `kurir dlq list|replay`: what sits in `{prefix}.dead`, and putting it
+//! `kurir dlq list|replay`: what sits in `{prefix}.dead-letters`, and putting it
 //! back on the normal path. Replaying goes through the envelope's row in
 //! Postgres (marked unpublished, so the relay publishes it again), never by
 //! copying the envelope back to the broker: a row that is already delivered
@@ -52,12 +52,24 @@ pub async fn run(command: DlqCommand, database: &DatabaseArgs, bus: &BusArgs) ->
     let letters = DeadLetters::open(&bus.amqp_url, &topology)
         .await
         .map_err(|err| Error::Failed(format!("cannot read {}: {err}", topology.dead())))?;
-    let result = match command {
-        DlqCommand::List => list(&letters).await,
-        DlqCommand::Replay(args) => replay(&letters, database, args).await,
+    let found = match letters.fetch(MOST).await {
+        Ok(found) => found,
+        Err(err) => {
+            letters.close(&[]).await;
+            return Err(Error::Failed(format!(
+                "cannot read the dead letters: {err}"
+            )));
+        }
     };
-    // Whatever was not removed goes back to the queue.
-    letters.close().await;
+    let result = match command {
+        DlqCommand::List => {
+            list(&found);
+            Ok(())
+        }
+        DlqCommand::Replay(args) => replay(&letters, &found, database, args).await,
+    };
+    // Whatever was not removed goes back to the queue, in order.
+    letters.close(&found).await;
     result
 }
 
@@ -76,11 +88,7 @@ fn when(seconds: Option<i64>) -> String {
 }
 
 #[allow(clippy::print_stdout)]
-async fn list(letters: &DeadLetters) -> Result<(), Error> {
-    let found = letters
-        .fetch(MOST)
-        .await
-        .map_err(|err| Error::Failed(format!("cannot read the dead letters: {err}")))?;
+fn list(found: &[DeadLetter]) {
     let rows: Vec<[String; 5]> = found
         .iter()
         .map(|letter| {
@@ -97,12 +105,12 @@ async fn list(letters: &DeadLetters) -> Result<(), Error> {
         println!("{line}");
     }
     tracing::info!(count = rows.len(), "dead letters listed");
-    Ok(())
 }
 
 #[allow(clippy::print_stdout)]
 async fn replay(
     letters: &DeadLetters,
+    found: &[DeadLetter],
     database: &DatabaseArgs,
     args: ReplayArgs,
 ) -> Result<(), Error> {
@@ -117,10 +125,6 @@ async fn replay(
         .client()
         .await
         .map_err(|err| Error::Failed(format!("cannot reach Postgres: {err}")))?;
-    let found = letters
-        .fetch(MOST)
-        .await
-        .map_err(|err| Error::Failed(format!("cannot read the dead letters: {err}")))?;
     let mut unknown: Vec<&String> = args
         .ids
         .iter()

@@ -4,7 +4,7 @@
 //! attempt. [`Deliverer::handle`] decides what becomes of the envelope
 //! ([`Settle`]) and the consumer loop does it ([`Deliverer::settle`]). Each
 //! step's failure has one answer:
-//! - undecodable envelope: parked in `{p}.dead`;
+//! - undecodable envelope: parked in `{p}.dead-letters`;
 //! - row not claimable: a duplicate envelope; ack and drop;
 //! - Postgres unavailable: wait and try again (the envelope stays unacked, the
 //!   row stays leased), until the shutdown grace ends (`cut_off`): then the
