@@ -30,6 +30,12 @@ pub enum BusError {
     /// A connection attempt failed; the text says what to check.
     #[error("{0}")]
     Connect(String),
+    /// The broker refused the login or the vhost; the text says what to fix.
+    #[error("{0}")]
+    Refused(String),
+    /// Moving the old dead-letter queue's letters failed (nothing is lost).
+    #[error("moving dead letters: {0}")]
+    Move(String),
     #[error("rabbitmq: {0}")]
     Amqp(#[from] lapin::Error),
 }
@@ -37,28 +43,30 @@ pub enum BusError {
 impl BusError {
     /// A wrong password, user or vhost: retrying will not help until the
     /// setting is fixed (the caller may still retry, and say so now and then).
+    /// A broker that is down or unreachable is not refused.
     pub fn is_refused(&self) -> bool {
-        matches!(self, BusError::Connect(text) if text.contains("check AMQP_URL"))
+        matches!(self, BusError::Refused(_))
     }
 }
 
-/// What a failed connection attempt means for whoever set AMQP_URL.
-fn explain_connect(err: &lapin::Error, target: &str) -> String {
+/// What a failed connection attempt means for whoever set AMQP_URL: refused
+/// (a person must fix a setting) or not, with the text to show.
+fn explain_connect(err: &lapin::Error, target: &str) -> BusError {
     let text = err.to_string();
     if text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED") {
-        format!(
+        BusError::Refused(format!(
             "RabbitMQ at {target} refused the login: access refused, check AMQP_URL credentials"
-        )
+        ))
     } else if text.contains("NOT_ALLOWED") && text.contains("vhost") {
-        format!(
+        BusError::Refused(format!(
             "RabbitMQ at {target}: the vhost does not exist or the user may not use it, check AMQP_URL's vhost (the default one is %2f): {text}"
-        )
+        ))
     } else if text.contains("Connection refused") {
-        format!(
+        BusError::Connect(format!(
             "nothing accepts connections at {target} (is RabbitMQ running? check AMQP_URL's host and port)"
-        )
+        ))
     } else {
-        format!("cannot connect to RabbitMQ at {target}: {text}")
+        BusError::Connect(format!("cannot connect to RabbitMQ at {target}: {text}"))
     }
 }
 
@@ -91,7 +99,7 @@ pub async fn connect_once(url: &str, name: &str) -> Result<Connection, BusError>
     let properties = ConnectionProperties::default().with_connection_name(name.into());
     match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(url, properties)).await {
         Ok(Ok(connection)) => Ok(connection),
-        Ok(Err(err)) => Err(BusError::Connect(explain_connect(&err, &target))),
+        Ok(Err(err)) => Err(explain_connect(&err, &target)),
         Err(_) => Err(BusError::Timeout(CONNECT_TIMEOUT)),
     }
 }
@@ -193,7 +201,7 @@ pub(crate) async fn close(connection: &Connection, why: &str) {
 
 #[cfg(test)]
 mod tests {
-    use super::describe;
+    use super::{connect_once, describe};
 
     #[test]
     fn urls_are_described_without_credentials() {
@@ -201,5 +209,17 @@ mod tests {
         assert!(!described.contains("secret"), "{described}");
         assert!(described.starts_with("127.0.0.1:5672"), "{described}");
         assert!(describe("http://nope").is_err());
+    }
+
+    #[tokio::test]
+    async fn a_broker_that_is_down_is_not_a_refused_login() {
+        // Nothing listens on port 1 of loopback: the connection is refused
+        // by the operating system, which says nothing about credentials.
+        let err = connect_once("amqp://guest:guest@127.0.0.1:1/%2f", "test")
+            .await
+            .expect_err("nothing listens on port 1");
+        assert!(!err.is_refused(), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("is RabbitMQ running?"), "{text}");
     }
 }

@@ -215,7 +215,7 @@ impl Topology {
                     moved += 1;
                 }
                 Ok(None) => {
-                    return Err(BusError::Connect(format!(
+                    return Err(BusError::Move(format!(
                         "the broker ended the move out of {legacy}"
                     )));
                 }
@@ -280,13 +280,13 @@ impl Topology {
             step(channel.basic_publish("".into(), queue.into(), options, data, properties)).await?;
         match step(confirm).await? {
             Confirmation::Ack(None) => Ok(()),
-            Confirmation::Ack(Some(_)) => Err(BusError::Connect(format!(
+            Confirmation::Ack(Some(_)) => Err(BusError::Move(format!(
                 "{queue} does not exist: cannot move dead letters into it"
             ))),
-            Confirmation::Nack(_) => Err(BusError::Connect(format!(
+            Confirmation::Nack(_) => Err(BusError::Move(format!(
                 "the broker refused a dead letter moved into {queue}"
             ))),
-            Confirmation::NotRequested => Err(BusError::Connect(
+            Confirmation::NotRequested => Err(BusError::Move(
                 "the mover's channel lost confirm mode".into(),
             )),
         }
