@@ -45,10 +45,10 @@ pub enum StoreError {
     /// The migrations could not be applied.
     #[error("migration failed: {0}")]
     Migration(String),
-    /// An error of another kind, as text: one statement's failure handed to
-    /// each of the callers it served.
-    #[error("{0}")]
-    Shared(String),
+    /// One statement's failure, handed to each of the callers it served
+    /// (see [`StoreError::shared`]); its text and cause chain are the original's.
+    #[error(transparent)]
+    Shared(std::sync::Arc<StoreError>),
 }
 
 impl StoreError {
@@ -56,12 +56,15 @@ impl StoreError {
         matches!(self, StoreError::Unavailable(_))
     }
 
-    /// The same error for another caller of a statement that served several:
-    /// an outage stays an outage, anything else keeps its text.
-    pub fn share(&self) -> StoreError {
-        match self {
+    /// Hands one failure to each caller of a statement that served several:
+    /// each call of the returned function makes one caller's copy. An outage
+    /// stays an outage (callers answer 503 on it); anything else is the
+    /// original error behind an `Arc`, with its whole cause chain.
+    pub fn shared(self) -> impl Fn() -> StoreError {
+        let shared = std::sync::Arc::new(self);
+        move || match shared.as_ref() {
             StoreError::Unavailable(cause) => StoreError::Unavailable(cause.clone()),
-            other => StoreError::Shared(other.to_string()),
+            _ => StoreError::Shared(std::sync::Arc::clone(&shared)),
         }
     }
 }
@@ -340,4 +343,35 @@ fn cause_of(err: &tokio_postgres::Error) -> String {
 
 pub(crate) fn corrupt(what: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(what.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreError;
+
+    #[tokio::test]
+    async fn a_shared_failure_keeps_its_cause_chain_and_an_outage_stays_an_outage() {
+        // A real driver error with a cause: nothing listens on port 1.
+        let err = tokio_postgres::connect("host=127.0.0.1 port=1 user=x", tokio_postgres::NoTls)
+            .await
+            .err()
+            .expect("nothing listens on port 1");
+        let original = StoreError::Database(err);
+        let text = original.to_string();
+        let share = original.shared();
+        for copy in [share(), share()] {
+            assert_eq!(copy.to_string(), text);
+            let mut chain = 0;
+            let mut source = std::error::Error::source(&copy);
+            while let Some(cause) = source {
+                chain += 1;
+                source = cause.source();
+            }
+            assert!(chain >= 2, "the driver error and its io cause: {chain}");
+        }
+
+        let outage = StoreError::Unavailable("down".into()).shared();
+        assert!(outage().is_unavailable());
+        assert!(outage().is_unavailable());
+    }
 }

@@ -87,8 +87,9 @@ fn answer_all<T, A>(
             }
         }
         Err(err) => {
+            let share = err.shared();
             for (_, reply) in group {
-                let _ = reply.send(Err(err.share()));
+                let _ = reply.send(Err(share()));
             }
         }
     }
@@ -163,8 +164,9 @@ async fn record(db: Db, group: Vec<Asked<(Resolution, Attempt), Record>>) {
                 }
             }
             Err(err) => {
+                let share = err.shared();
                 for reply in replies {
-                    let _ = reply.send(Err(err.share()));
+                    let _ = reply.send(Err(share()));
                 }
             }
         }

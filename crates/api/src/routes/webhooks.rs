@@ -169,8 +169,9 @@ async fn apply(db: Db, group: Vec<Asked<Vec<Receipt>, Result<Posted, StoreError>
     let applied = match applied {
         Ok(applied) => applied,
         Err(err) => {
+            let share = err.shared();
             for (_, reply) in group {
-                let _ = reply.send(Err(err.share()));
+                let _ = reply.send(Err(share()));
             }
             return;
         }
