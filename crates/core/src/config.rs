@@ -300,6 +300,15 @@ pub struct ProviderArgs {
     pub webhook_secret: Option<String>,
 }
 
+impl ProviderArgs {
+    /// The worker's guard over one provider call: the provider's own timeout
+    /// plus one second, so the provider's timeout fires first and the guard
+    /// only catches a hang.
+    pub fn call_limit(&self) -> Duration {
+        self.provider_timeout + Duration::from_secs(1)
+    }
+}
+
 /// The retry schedule: exponential backoff with jitter, capped, with a deadline.
 #[derive(Debug, Clone, Args)]
 pub struct RetryArgs {
@@ -372,7 +381,7 @@ impl WorkerArgs {
     /// worker's one-second guard over it) and recording the outcome, or a
     /// live delivery could be handed to a second worker.
     pub fn check(&self, provider: &ProviderArgs, database: &DatabaseArgs) -> Result<(), String> {
-        let needed = provider.provider_timeout + Duration::from_secs(1) + database.db_timeout;
+        let needed = provider.call_limit() + database.db_timeout;
         if self.delivery_lease <= needed {
             return Err(format!(
                 "KURIR_DELIVERY_LEASE ({}) must be longer than KURIR_PROVIDER_TIMEOUT + 1s + KURIR_DB_TIMEOUT ({})",

@@ -119,6 +119,23 @@ impl JobKind {
     }
 }
 
+/// A kind name this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown kind {0:?} (expected message or status_update)")]
+pub struct UnknownKind(pub String);
+
+impl std::str::FromStr for JobKind {
+    type Err = UnknownKind;
+
+    /// The inverse of [`JobKind::as_str`].
+    fn from_str(text: &str) -> Result<Self, UnknownKind> {
+        JobKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == text)
+            .ok_or_else(|| UnknownKind(text.to_owned()))
+    }
+}
+
 impl fmt::Display for JobKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -128,6 +145,15 @@ impl fmt::Display for JobKind {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kind_reads_back_what_it_writes_and_nothing_else() {
+        for kind in JobKind::ALL {
+            assert_eq!(kind.as_str().parse::<JobKind>(), Ok(kind));
+        }
+        assert!("Message".parse::<JobKind>().is_err());
+        assert!("".parse::<JobKind>().is_err());
+    }
 
     #[test]
     fn user_ids_follow_the_contract() {

@@ -78,11 +78,11 @@ pub struct Done {
 /// version did not write.
 pub fn done_rows(payload: &str) -> Result<Vec<Done>> {
     let mut words = payload.split(' ');
-    let kind = match words.next() {
-        Some("message") => JobKind::Message,
-        Some("status_update") => JobKind::StatusUpdate,
-        other => return Err(corrupt(format!("done notification of kind {other:?}"))),
-    };
+    let kind: JobKind = words
+        .next()
+        .unwrap_or_default()
+        .parse()
+        .map_err(|err| corrupt(format!("done notification: {err}")))?;
     words
         .map(|word| {
             let (id, state) = word
@@ -973,11 +973,10 @@ pub async fn attempts_for(
 }
 
 fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
-    let kind = match row.get::<_, &str>("kind") {
-        "message" => JobKind::Message,
-        "status_update" => JobKind::StatusUpdate,
-        other => return Err(corrupt(format!("attempt kind {other:?}"))),
-    };
+    let kind: JobKind = row
+        .get::<_, &str>("kind")
+        .parse()
+        .map_err(|err| corrupt(format!("attempt: {err}")))?;
     let outcome = match row.get::<_, &str>("outcome") {
         "delivered" => AttemptOutcome::Delivered,
         "retryable" => AttemptOutcome::Retryable,

@@ -83,7 +83,9 @@ pub struct Deliverer {
     pub publisher: Publisher,
     pub retry: RetryPolicy,
     pub lease: Duration,
-    pub provider_timeout: Duration,
+    /// How long one provider call may take before the worker gives up on it
+    /// (`ProviderArgs::call_limit`).
+    pub call_limit: Duration,
     /// Claims rows together with the other deliveries in flight.
     pub(crate) groups: crate::group::Groups,
 }
@@ -337,7 +339,7 @@ impl Deliverer {
 
     async fn call_provider(&self, claimed: &Claimed) -> Outcome {
         // The provider enforces its own timeout; this one only guards against a hang.
-        let limit = self.provider_timeout + Duration::from_secs(1);
+        let limit = self.call_limit;
         let call = async {
             match claimed {
                 Claimed::Message(message) => self.provider.send_message(message).await,

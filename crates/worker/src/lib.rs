@@ -153,7 +153,7 @@ impl Worker {
             publisher: publisher.clone(),
             retry: RetryPolicy::from(&config.retry),
             lease: config.worker.delivery_lease,
-            provider_timeout: config.provider.provider_timeout,
+            call_limit: config.provider.call_limit(),
             groups: group::Groups::start(db.clone(), config.worker.delivery_lease, sender, &tasks),
         });
         let (consuming_sender, consuming) = watch::channel(Err("not consuming yet".to_owned()));
