@@ -374,12 +374,12 @@ async fn migrate(database: &DatabaseArgs) -> Result<(), Failure> {
     let total = kurir_store::migrate::latest_version();
     match kurir_store::migrate::run(&config).await {
         Ok(0) => {
-            info!("database \"{name}\" is up to date ({total} migrations)");
+            info!("database \"{name}\" is up to date (schema version {total})");
             Ok(())
         }
         Ok(applied) => {
             info!(
-                "database \"{name}\": applied {applied} migrations, now up to date ({total} migrations)"
+                "database \"{name}\": applied {applied} migrations, now up to date (schema version {total})"
             );
             Ok(())
         }

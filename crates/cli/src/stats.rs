@@ -158,8 +158,11 @@ fn as_json(account: Option<&str>, stats: &Stats, queues: &Result<QueueDepths, St
 fn queue_text(queue: &QueueDepth) -> String {
     match queue.found {
         Some(depth) => format!(
-            "{} ready, {} consumers ({})",
-            depth.ready, depth.consumers, queue.name
+            "{} ready, {} consumer{} ({})",
+            depth.ready,
+            depth.consumers,
+            if depth.consumers == 1 { "" } else { "s" },
+            queue.name
         ),
         None => format!(
             "no such queue ({}; no kurir process declared it yet)",
@@ -234,4 +237,37 @@ fn as_text(
         lines.push(format!("{name:<22} {value}"));
     }
     lines
+}
+
+#[cfg(test)]
+mod tests {
+    use kurir_bus::stats::{Depth, QueueDepth};
+
+    use super::queue_text;
+
+    fn queue(consumers: u32) -> QueueDepth {
+        QueueDepth {
+            name: "kurir.deliveries".into(),
+            found: Some(Depth {
+                ready: 3,
+                consumers,
+            }),
+        }
+    }
+
+    #[test]
+    fn one_consumer_is_singular_and_the_rest_plural() {
+        assert_eq!(
+            queue_text(&queue(1)),
+            "3 ready, 1 consumer (kurir.deliveries)"
+        );
+        assert_eq!(
+            queue_text(&queue(0)),
+            "3 ready, 0 consumers (kurir.deliveries)"
+        );
+        assert_eq!(
+            queue_text(&queue(4)),
+            "3 ready, 4 consumers (kurir.deliveries)"
+        );
+    }
 }

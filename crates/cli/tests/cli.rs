@@ -121,3 +121,67 @@ fn dlq_replay_without_ids_or_all_is_a_usage_error() {
     let line = one_line(&kurir(&["dlq", "replay"], &[]));
     assert!(line.contains("--all or the ids"), "{line}");
 }
+
+/// `.env.example` says its values are the defaults: every setting the api
+/// and the worker take is in it, with the default `--help` shows.
+#[test]
+fn env_example_names_every_setting_with_its_default() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../.env.example");
+    let example = std::fs::read_to_string(path).unwrap();
+    // `KEY=value` gives a value; `# KEY=` only names the setting.
+    let mut listed = std::collections::HashMap::new();
+    for line in example.lines() {
+        let (line, commented) = match line.strip_prefix("# ") {
+            Some(rest) => (rest, true),
+            None => (line, false),
+        };
+        if let Some((key, value)) = line.split_once('=')
+            && !key.is_empty()
+            && key.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        {
+            listed.insert(key.to_owned(), (!commented).then(|| value.to_owned()));
+        }
+    }
+    let mut wrong = Vec::new();
+    let mut seen = 0;
+    for command in ["api", "worker"] {
+        let out = kurir(&[command, "--help"], &[]);
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        // One block per option: from a line starting with `-` to the next.
+        let mut options: Vec<String> = Vec::new();
+        for line in help.lines() {
+            if line.trim_start().starts_with('-') {
+                options.push(String::new());
+            }
+            if let Some(option) = options.last_mut() {
+                option.push_str(line);
+                option.push('\n');
+            }
+        }
+        for option in &options {
+            let Some(key) = option
+                .split("[env: ")
+                .nth(1)
+                .and_then(|rest| rest.split(['=', ']']).next())
+            else {
+                continue;
+            };
+            let default = option
+                .split("[default: ")
+                .nth(1)
+                .and_then(|rest| rest.split(']').next());
+            seen += 1;
+            match (listed.get(key), default) {
+                (None, _) => wrong.push(format!("{key} is missing")),
+                (Some(Some(value)), Some(default)) if value != default => {
+                    wrong.push(format!("{key}={value}, but its default is {default}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(seen > 20, "only {seen} settings found in --help");
+    wrong.sort();
+    wrong.dedup();
+    assert!(wrong.is_empty(), ".env.example: {wrong:#?}");
+}
