@@ -37,12 +37,12 @@ fn calls_by_id(app: &TestApp) -> (HashMap<String, usize>, usize) {
     (calls, duplicates)
 }
 
-/// `rabbitmqctl list_queues` of one queue: (ready, unacknowledged).
+/// `rabbitmqctl list_queues` of one queue: (ready, unacknowledged). The
+/// broker's own `rabbitmqctl`: the private node may run from a root file
+/// system (RabbitMQ 4 in scripts/debian13-servers's chroot) with its epmd.
 async fn queue_counts(broker: &PrivateBroker, queue: &str) -> Option<(u64, u64)> {
-    let out = tokio::process::Command::new("/usr/sbin/rabbitmqctl")
+    let out = tokio::process::Command::from(broker.rabbitmqctl())
         .args([
-            "-n",
-            broker.node(),
             "-q",
             "list_queues",
             "name",

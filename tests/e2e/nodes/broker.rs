@@ -9,12 +9,13 @@ use std::{
 
 use super::{
     COMMAND_LIMIT, KILL_LIMIT, PORT_ATTEMPTS, await_port_closed, chown_tree, free_port,
-    kill_and_wait, node_dir, remove_dir, run_async, sweep_stale, tail, vm_pids, wait_port_closed,
-    watchdog, write,
+    kill_and_wait, node_dir, remove_dir, run_async, servers, sweep_stale, tail, vm_pids,
+    wait_port_closed, watchdog, write,
 };
 
 /// The packaged wrappers: run as root, they drop to the `rabbitmq` user (via
-/// `su`, which keeps the environment) and so use its Erlang cookie.
+/// `su`, which keeps the environment) and so use its Erlang cookie. Paths as
+/// the servers see them (see the parent module).
 const RABBITMQ_SERVER: &str = "/usr/sbin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/sbin/rabbitmqctl";
 /// A node boots in about 5 s on an idle machine; two cores shared with other
@@ -99,12 +100,13 @@ impl PrivateBroker {
         watchdog(
             &broker.dir,
             // Give a booting node time to write its pid file, then kill the
-            // VM that carries this node's marker.
+            // VM that carries this node's marker (its directory as the
+            // servers see it).
             r#"n=0
 while [ ! -s "$KURIR_DIR/pid" ] && [ $n -lt 30 ]; do sleep 1; n=$((n+1)); done
 for p in /proc/[0-9]*; do
   case "$(tr '\0' ' ' < "$p/cmdline" 2>/dev/null)" in
-    *beam.smp*"-kurir_test_node $KURIR_DIR"*) kill -KILL "${p#/proc/}" ;;
+    *beam.smp*"-kurir_test_node $KURIR_NODE_DIR"*) kill -KILL "${p#/proc/}" ;;
   esac
 done
 sleep 2"#,
@@ -114,7 +116,7 @@ sleep 2"#,
 
     async fn boot(&self) -> Result<(), BootError> {
         let launched = Instant::now();
-        let mut server = Command::new(RABBITMQ_SERVER);
+        let mut server = servers().command(RABBITMQ_SERVER);
         server.arg("-detached").envs(self.env());
         run_async("rabbitmq-server -detached", server, COMMAND_LIMIT)
             .await
@@ -125,8 +127,9 @@ sleep 2"#,
     /// The environment that makes `rabbitmq-server` boot this node and
     /// nothing of the shared one.
     fn env(&self) -> Vec<(&'static str, String)> {
-        let dir = |name: &str| self.dir.join(name).display().to_string();
-        vec![
+        let inside = servers().inside(&self.dir);
+        let dir = |name: &str| inside.join(name).display().to_string();
+        let mut env = vec![
             ("RABBITMQ_NODENAME", self.node.clone()),
             ("RABBITMQ_MNESIA_BASE", dir("mnesia")),
             ("RABBITMQ_LOG_BASE", dir("log")),
@@ -144,13 +147,15 @@ sleep 2"#,
                 "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS",
                 format!(
                     "-kernel inet_dist_use_interface {{127,0,0,1}} -kurir_test_node {}",
-                    self.dir.display()
+                    inside.display()
                 ),
             ),
             ("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
             // Not /var/lib/rabbitmq, the wrapper's working directory.
             ("ERL_CRASH_DUMP", dir("erl_crash.dump")),
-        ]
+        ];
+        env.extend(epmd_env());
+        env
     }
 
     /// Polls until a guest AMQP connection succeeds, failing early (with the
@@ -231,9 +236,17 @@ sleep 2"#,
         tracing::info!(node = %self.node, "start_app took {:.1?}", started.elapsed());
     }
 
+    /// `rabbitmqctl -n <this node>`, from the servers' root if they have
+    /// one and asking their epmd; add the command and its arguments.
+    pub fn rabbitmqctl(&self) -> Command {
+        let mut ctl = servers().command(RABBITMQCTL);
+        ctl.args(["-n", &self.node]).envs(epmd_env());
+        ctl
+    }
+
     async fn ctl(&self, command: &str) {
-        let mut ctl = Command::new(RABBITMQCTL);
-        ctl.args(["-n", &self.node, command]);
+        let mut ctl = self.rabbitmqctl();
+        ctl.arg(command);
         let what = format!("rabbitmqctl -n {} {command}", self.node);
         if let Err(why) = run_async(&what, ctl, COMMAND_LIMIT).await {
             panic!("{why}; the node's log ends:\n{}", self.log_tail());
@@ -265,6 +278,13 @@ impl Drop for PrivateBroker {
         }
         tracing::info!(node = %self.node, "private RabbitMQ node gone in {:.1?}", started.elapsed());
     }
+}
+
+/// `ERL_EPMD_PORT` if the servers' epmd is not on Erlang's default port.
+fn epmd_env() -> Option<(&'static str, String)> {
+    servers()
+        .epmd_port
+        .map(|port| ("ERL_EPMD_PORT", port.to_string()))
 }
 
 /// `Ok` if a guest AMQP connection to `url` opens (it is closed again).

@@ -11,6 +11,32 @@
 //! test process sweeps directories whose owner is gone.
 //!
 //! Tests run as root; the servers run as the `rabbitmq` and `postgres` users.
+//!
+//! # Which servers
+//!
+//! By default the machine's own: `/usr/sbin/rabbitmq-server` and
+//! `/usr/sbin/rabbitmqctl` (nodes register with the machine's epmd, Erlang's
+//! default port 4369) and PostgreSQL 15 from `/usr/lib/postgresql/15/bin`.
+//! These variables run other versions from a root file system instead, such
+//! as RabbitMQ 4 and PostgreSQL 17 from the chroot of
+//! `scripts/debian13-servers` (see docs/testing.md):
+//!
+//! - `KURIR_TEST_SERVERS_ROOT`: a root file system with `rabbitmq-server`
+//!   and a PostgreSQL server installed and `/proc` mounted
+//!   (`/var/cache/kurir/trixie-servers` once `scripts/debian13-servers up`
+//!   ran). Every server and tool then runs in it through `chroot`, as the
+//!   root's own `rabbitmq` and `postgres` users. Node directories are made
+//!   under `<root>/tmp/kurir-test-nodes` (the sweep looks there), which the
+//!   servers see as [`BASE`]: paths given to them are translated.
+//! - `KURIR_TEST_PG_BIN`: the directory of `initdb`, `pg_ctl` and `postgres`,
+//!   as the servers see it. Default: `/usr/lib/postgresql/15/bin`, or with a
+//!   root the newest `/usr/lib/postgresql/<version>/bin` in it.
+//! - `KURIR_TEST_EPMD_PORT`: the port of the epmd that private RabbitMQ
+//!   nodes register with and `rabbitmqctl` asks (`ERL_EPMD_PORT`). Default:
+//!   unset (Erlang's 4369), or with a root 4370, the port of the epmd that
+//!   `scripts/debian13-servers` runs for its node `kurir4@localhost` (a node
+//!   started first starts that epmd; the script's `down` stops it). The
+//!   chroot's RabbitMQ 4 (Erlang 27) never shares the machine's epmd.
 
 use std::{
     fs,
@@ -21,7 +47,7 @@ use std::{
     },
     path::{Path, PathBuf},
     process::{Command, Stdio},
-    sync::Once,
+    sync::{Once, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -32,7 +58,9 @@ pub use broker::PrivateBroker;
 pub use postgres::PrivatePostgres;
 use postgres::stop_postgres;
 
-/// Where private nodes keep their data, logs and sockets.
+/// Where private nodes keep their data, logs and sockets, as the servers see
+/// it (with `KURIR_TEST_SERVERS_ROOT` set, this process finds it under the
+/// root: see [`Servers::base`]).
 pub const BASE: &str = "/tmp/kurir-test-nodes";
 /// How long a server may take to close its port once told to stop.
 const STOP_LIMIT: Duration = Duration::from_secs(20);
@@ -42,13 +70,139 @@ const COMMAND_LIMIT: Duration = Duration::from_secs(45);
 const KILL_LIMIT: Duration = Duration::from_secs(10);
 /// Attempts to boot when a port picked free was taken in the meantime.
 const PORT_ATTEMPTS: usize = 3;
+/// PostgreSQL's programs on the machine itself.
+const HOST_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The epmd of `scripts/debian13-servers`'s RabbitMQ 4 node.
+const ROOT_EPMD_PORT: u16 = 4370;
 
-/// [`BASE`], created if need be.
-fn base_dir() -> &'static Path {
-    let base = Path::new(BASE);
-    fs::create_dir_all(base).expect("create the private nodes' base directory");
+/// Where the servers' programs come from: the machine, or a root file
+/// system they run in through `chroot` (see the module's comment).
+struct Servers {
+    root: Option<PathBuf>,
+    pg_bin: String,
+    epmd_port: Option<u16>,
+}
+
+/// The servers chosen by the environment, read once.
+fn servers() -> &'static Servers {
+    static SERVERS: OnceLock<Servers> = OnceLock::new();
+    SERVERS.get_or_init(Servers::from_env)
+}
+
+impl Servers {
+    fn from_env() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        let root = var("KURIR_TEST_SERVERS_ROOT").map(PathBuf::from);
+        if let Some(root) = &root {
+            assert!(
+                root.join("proc/self").exists(),
+                "KURIR_TEST_SERVERS_ROOT={}: no /proc mounted in it; run `scripts/debian13-servers up`",
+                root.display()
+            );
+        }
+        let pg_bin = var("KURIR_TEST_PG_BIN").unwrap_or_else(|| match &root {
+            None => HOST_PG_BIN.to_owned(),
+            Some(root) => newest_pg_bin(root),
+        });
+        let epmd_port = var("KURIR_TEST_EPMD_PORT")
+            .map(|port| {
+                port.parse()
+                    .unwrap_or_else(|_| panic!("KURIR_TEST_EPMD_PORT={port} is not a port"))
+            })
+            .or(root.as_ref().map(|_| ROOT_EPMD_PORT));
+        Self {
+            root,
+            pg_bin,
+            epmd_port,
+        }
+    }
+
+    /// [`BASE`] as this process sees it.
+    fn base(&self) -> PathBuf {
+        match &self.root {
+            None => PathBuf::from(BASE),
+            Some(root) => root.join(BASE.trim_start_matches('/')),
+        }
+    }
+
+    /// `path` (under [`Self::base`]) as the servers see it.
+    fn inside(&self, path: &Path) -> PathBuf {
+        match &self.root {
+            None => path.to_owned(),
+            Some(root) => Path::new("/").join(
+                path.strip_prefix(root)
+                    .expect("a node's path lies in the servers' root"),
+            ),
+        }
+    }
+
+    /// A command that runs `program` (a path as the servers see it).
+    fn command(&self, program: &str) -> Command {
+        match &self.root {
+            None => Command::new(program),
+            Some(root) => {
+                let mut command = Command::new("chroot");
+                command.arg(root).arg(program);
+                command
+            }
+        }
+    }
+
+    /// `program` run as the servers' system user `user`.
+    fn as_user(&self, user: &str, program: &str) -> Command {
+        let mut command = self.command("runuser");
+        command.args(["-u", user, "--", program]);
+        command
+    }
+
+    /// A PostgreSQL program (`initdb`, `pg_ctl`) as the servers see it.
+    fn pg_program(&self, name: &str) -> String {
+        format!("{}/{name}", self.pg_bin)
+    }
+
+    /// The shell words that run a command in the servers' root ("" on the
+    /// machine), for the watchdog's script; the root is in `$KURIR_ROOT`.
+    fn shell_prefix(&self) -> &'static str {
+        match self.root {
+            None => "",
+            Some(_) => r#"chroot "$KURIR_ROOT" "#,
+        }
+    }
+
+    /// The servers' /etc/passwd.
+    fn passwd(&self) -> PathBuf {
+        match &self.root {
+            None => PathBuf::from("/etc/passwd"),
+            Some(root) => root.join("etc/passwd"),
+        }
+    }
+}
+
+/// `<root>/usr/lib/postgresql/<newest version>/bin`, as seen inside `root`.
+fn newest_pg_bin(root: &Path) -> String {
+    let versions = fs::read_dir(root.join("usr/lib/postgresql"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .unwrap_or_default();
+    let newest = versions.into_iter().max().unwrap_or_else(|| {
+        panic!(
+            "no PostgreSQL server in {}/usr/lib/postgresql; set KURIR_TEST_PG_BIN",
+            root.display()
+        )
+    });
+    format!("/usr/lib/postgresql/{newest}/bin")
+}
+
+/// The servers' [`BASE`], created if need be.
+fn base_dir() -> PathBuf {
+    let base = servers().base();
+    fs::create_dir_all(&base).expect("create the private nodes' base directory");
     // The servers' users must reach their directories through it.
-    fs::set_permissions(base, fs::Permissions::from_mode(0o755))
+    fs::set_permissions(&base, fs::Permissions::from_mode(0o755))
         .expect("open the private nodes' base directory");
     base
 }
@@ -69,7 +223,9 @@ fn node_dir(kind: &str) -> (PathBuf, String) {
 
 /// Starts a detached shell (its own session, so Ctrl-C on the tests does
 /// not reach it) that runs `stop` and removes `dir` if this process dies
-/// while `dir` still exists; it exits by itself once `dir` is gone.
+/// while `dir` still exists; it exits by itself once `dir` is gone. `stop`
+/// finds the directory as the servers see it in `$KURIR_NODE_DIR` and the
+/// servers' root (if any) in `$KURIR_ROOT`.
 fn watchdog(dir: &Path, stop: &str) {
     let script = format!(
         r#"while kill -0 "$KURIR_OWNER" 2>/dev/null && [ -d "$KURIR_DIR" ]; do sleep 1; done
@@ -78,10 +234,14 @@ fn watchdog(dir: &Path, stop: &str) {
 rm -rf "$KURIR_DIR""#
     );
     let mut command = Command::new("setsid");
+    if let Some(root) = &servers().root {
+        command.env("KURIR_ROOT", root);
+    }
     command
         .args(["-f", "sh", "-c", &script])
         .env("KURIR_OWNER", std::process::id().to_string())
         .env("KURIR_DIR", dir)
+        .env("KURIR_NODE_DIR", servers().inside(dir))
         .current_dir("/")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -92,12 +252,12 @@ rm -rf "$KURIR_DIR""#
 }
 
 /// Once per test process: stops servers and removes directories (and command
-/// output files) left under [`BASE`] by test processes that are gone (killed
-/// before Drop could run).
+/// output files) left under the servers' [`BASE`] by test processes that are
+/// gone (killed before Drop could run).
 fn sweep_stale() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let Ok(entries) = fs::read_dir(BASE) else {
+        let Ok(entries) = fs::read_dir(servers().base()) else {
             return;
         };
         for entry in entries.flatten() {
@@ -173,7 +333,10 @@ fn alive(pid: u32) -> bool {
 /// line (never by a pid file alone: its pid may belong to another process by
 /// now, and this must never hit the shared node).
 fn vm_pids(dir: &Path) -> Vec<u32> {
-    pids_of("beam.smp", &format!("-kurir_test_node {}", dir.display()))
+    pids_of(
+        "beam.smp",
+        &format!("-kurir_test_node {}", servers().inside(dir).display()),
+    )
 }
 
 fn cmdline(pid: u32) -> Option<Vec<String>> {
@@ -225,7 +388,7 @@ fn kill_and_wait(pids: &[u32], limit: Duration) -> Vec<u32> {
 }
 
 /// Runs `command` (in a process group of its own, from `/`) with its output
-/// in a file under [`BASE`], so that a daemon it starts cannot hold a pipe open. `Ok` with
+/// in a file under the servers' [`BASE`], so that a daemon it starts cannot hold a pipe open. `Ok` with
 /// the output if it exits 0 within `limit`; on timeout the group is killed.
 fn run(what: &str, mut command: Command, limit: Duration) -> Result<String, String> {
     // Named after this process, so the sweep removes it should this process
@@ -338,15 +501,23 @@ fn write(path: &Path, contents: &str) {
     fs::write(path, contents).expect("write a node file");
 }
 
-/// `(uid, gid)` of a system user, from /etc/passwd.
+/// `(uid, gid)` of a system user, from the servers' /etc/passwd (a root's
+/// users need not have the machine's ids).
 fn user_ids(user: &str) -> (u32, u32) {
-    let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    let path = servers().passwd();
+    let passwd =
+        fs::read_to_string(&path).unwrap_or_else(|err| panic!("read {}: {err}", path.display()));
     passwd
         .lines()
         .map(|line| line.split(':').collect::<Vec<_>>())
         .find(|fields| fields.len() > 3 && fields[0] == user)
         .and_then(|fields| Some((fields[2].parse().ok()?, fields[3].parse().ok()?)))
-        .unwrap_or_else(|| panic!("no user {user} in /etc/passwd; is its server installed?"))
+        .unwrap_or_else(|| {
+            panic!(
+                "no user {user} in {}; is its server installed?",
+                path.display()
+            )
+        })
 }
 
 /// Gives `dir` and everything in it to `user`.

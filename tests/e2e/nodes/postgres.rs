@@ -8,16 +8,16 @@ use std::{
 
 use super::{
     COMMAND_LIMIT, KILL_LIMIT, PORT_ATTEMPTS, await_port_closed, chown_tree, free_port,
-    kill_and_wait, node_dir, pids_of, remove_dir, run, run_async, sweep_stale, tail,
+    kill_and_wait, node_dir, pids_of, remove_dir, run, run_async, servers, sweep_stale, tail,
     wait_port_closed, watchdog,
 };
 
-const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 const POSTGRES_BOOT: Duration = Duration::from_secs(30);
 
-/// A Postgres 15 cluster of its own: trust authentication for `postgres`,
-/// on 127.0.0.1 and a free port, its socket in its own directory, and
-/// `fsync=off` (its data is thrown away).
+/// A Postgres cluster of its own (PostgreSQL 15 on the machine, or the
+/// version in the servers' root: see the parent module): trust
+/// authentication for `postgres`, on 127.0.0.1 and a free port, its socket
+/// in its own directory, and `fsync=off` (its data is thrown away).
 pub struct PrivatePostgres {
     dir: PathBuf,
     data: PathBuf,
@@ -35,7 +35,9 @@ impl PrivatePostgres {
         watchdog(
             &dir,
             &format!(
-                r#"runuser -u postgres -- {PG_BIN}/pg_ctl -D "$KURIR_DIR/data" -m immediate -w -t 10 stop"#
+                r#"{}runuser -u postgres -- {} -D "$KURIR_NODE_DIR/data" -m immediate -w -t 10 stop"#,
+                servers().shell_prefix(),
+                servers().pg_program("pg_ctl"),
             ),
         );
         let mut postgres = Self {
@@ -43,10 +45,10 @@ impl PrivatePostgres {
             dir,
             port: free_port(),
         };
-        let mut initdb = as_postgres(&format!("{PG_BIN}/initdb"));
+        let mut initdb = as_postgres("initdb");
         initdb
             .arg("-D")
-            .arg(&postgres.data)
+            .arg(servers().inside(&postgres.data))
             .args(["-A", "trust", "-U", "postgres", "-E", "UTF8"])
             .args(["--locale=C.UTF-8", "--no-sync", "--no-instructions"]);
         if let Err(why) = run_async("initdb", initdb, COMMAND_LIMIT).await {
@@ -128,17 +130,17 @@ impl PrivatePostgres {
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off -c shared_buffers=16MB -c max_connections=50",
             self.port,
-            self.dir.display()
+            servers().inside(&self.dir).display()
         )
     }
 
     async fn pg_ctl(&self, action: &str) -> Result<(), String> {
-        let mut pg_ctl = as_postgres(&format!("{PG_BIN}/pg_ctl"));
+        let mut pg_ctl = as_postgres("pg_ctl");
         pg_ctl
             .arg("-D")
-            .arg(&self.data)
+            .arg(servers().inside(&self.data))
             .arg("-l")
-            .arg(self.dir.join("postgres.log"))
+            .arg(servers().inside(&self.dir.join("postgres.log")))
             .args(["-w", "-t", "30", "-m", "fast"]);
         if action != "stop" {
             pg_ctl.args(["-o", &self.options()]);
@@ -218,25 +220,25 @@ async fn postgres_probe(url: &str) -> Result<(), String> {
 
 /// `pg_ctl stop -m immediate`, then SIGKILL for a postmaster that is left.
 pub(super) fn stop_postgres(data: &Path) {
+    let inside = servers().inside(data);
     if data.join("postmaster.pid").exists() {
-        let mut pg_ctl = as_postgres(&format!("{PG_BIN}/pg_ctl"));
+        let mut pg_ctl = as_postgres("pg_ctl");
         pg_ctl
             .arg("-D")
-            .arg(data)
+            .arg(&inside)
             .args(["-m", "immediate", "-w", "-t", "10", "stop"]);
         let _ = run("pg_ctl stop -m immediate", pg_ctl, Duration::from_secs(15));
     }
-    let postmaster = pids_of("postgres", &format!("-D {}", data.display()));
+    let postmaster = pids_of("postgres", &format!("-D {}", inside.display()));
     let left = kill_and_wait(&postmaster, KILL_LIMIT);
     if !left.is_empty() {
         tracing::error!(?left, "private Postgres survived SIGKILL");
     }
 }
 
+/// PostgreSQL's `program` (`initdb`, `pg_ctl`) as the `postgres` user.
 fn as_postgres(program: &str) -> Command {
-    let mut command = Command::new("runuser");
-    command.args(["-u", "postgres", "--", program]);
-    command
+    servers().as_user("postgres", &servers().pg_program(program))
 }
 
 #[cfg(test)]
