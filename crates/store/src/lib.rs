@@ -11,6 +11,7 @@ use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime, 
 use kurir_core::config::DatabaseArgs;
 use tokio_postgres::{NoTls, error::SqlState};
 
+mod columns;
 pub mod idempotency;
 pub mod import;
 pub mod keys;

@@ -2,14 +2,15 @@
 
 use chrono::{DateTime, Utc};
 use kurir_core::{
-    AccountId, Content, JobKind, LastError, MessageBody, MessageId, MessageStatus, Template,
-    TraceContext, UserId,
+    AccountId, Content, JobKind, LastError, MessageId, MessageStatus, TraceContext, UserId,
 };
 use tokio_postgres::Row;
 use tracing::instrument;
 
 use crate::{
-    GenericClient, Result, corrupt,
+    GenericClient, Result,
+    columns::{content, content_columns},
+    corrupt,
     pipeline::{Accepted, AcceptedRow, Publishing, insert_accepted},
 };
 
@@ -45,30 +46,6 @@ pub(crate) fn last_error(value: Option<serde_json::Value>) -> Result<Option<Last
     value
         .map(|value| serde_json::from_value(value).map_err(corrupt))
         .transpose()
-}
-
-/// A message's `body` and `template` columns (exactly one is set).
-pub(crate) fn content(
-    body: Option<String>,
-    template: Option<serde_json::Value>,
-) -> Result<Content> {
-    match (body, template) {
-        (Some(body), None) => Ok(Content::Text(MessageBody::from_trusted(body))),
-        (None, Some(template)) => Template::from_stored(&template)
-            .map(Content::Template)
-            .map_err(corrupt),
-        _ => Err(corrupt(
-            "a message with both or neither of body and template",
-        )),
-    }
-}
-
-/// What the `body` and `template` columns hold for `content`.
-pub(crate) fn columns(content: &Content) -> (Option<&str>, Option<serde_json::Value>) {
-    match content {
-        Content::Text(body) => (Some(body.as_str()), None),
-        Content::Template(template) => (None, Some(template.to_json())),
-    }
 }
 
 /// A row of [`COLUMNS`], read by name.
@@ -114,7 +91,7 @@ pub async fn insert_many(
     publishing: Publishing,
 ) -> Result<Vec<Accepted>> {
     let rows = messages.iter().map(|m| {
-        let (text, template) = columns(&m.content);
+        let (text, template) = content_columns(&m.content);
         AcceptedRow {
             id: m.id.0,
             account: m.account,

@@ -15,8 +15,7 @@ use tracing::instrument;
 use uuid::Uuid;
 
 use crate::{
-    GenericClient, Result, StoreError, corrupt,
-    pipeline::{notify_done, pg_text as clean},
+    GenericClient, Result, StoreError, columns::pg_text as clean, corrupt, pipeline::notify_done,
 };
 
 /// What a status notification says happened to a message.
