@@ -1,5 +1,6 @@
-# syntax=docker/dockerfile:1
 # Builds both binaries, `kurir` and `kurir-sandbox`, into one small image.
+# No `# syntax=` line: BuildKit's built-in Dockerfile frontend handles
+# `RUN --mount=type=cache`, and needs nothing from a registry to do so.
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
