@@ -1,4 +1,4 @@
-//! Group commit of accepted work (DESIGN.md, "The hot path is batched").
+//! Group commit of accepted work (docs/design.md, "The hot path is batched").
 //! Each `POST /v1/users/{id}/messages` and `POST /v1/users/{id}/status`
 //! hands its row here and waits for its own answer; one task gathers
 //! whatever arrived meanwhile and stores it with one multi-row INSERT per

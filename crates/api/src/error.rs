@@ -21,7 +21,7 @@ use kurir_core::{FieldError, ValidationErrors};
 use kurir_store::StoreError;
 use serde::Serialize;
 
-/// Where problem types are documented (README, "Errors").
+/// Where problem types are documented (docs/api.md, "Errors").
 const TYPE_BASE: &str = "https://kurir.dev/problems/";
 
 #[derive(Debug, Clone)]

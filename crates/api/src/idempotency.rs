@@ -1,4 +1,4 @@
-//! `Idempotency-Key` (SPEC.md section 1): a creating POST sent again with
+//! `Idempotency-Key` (docs/api.md, "Retrying safely"): a creating POST sent again with
 //! the same key and the same request within 24 hours gets the first
 //! response back, byte for byte, and creates nothing; the same key with
 //! another request is 422. Keys belong to the account of the API key.
@@ -25,7 +25,7 @@ pub use kurir_store::idempotency::Response as Kept;
 pub const HEADER: &str = "Idempotency-Key";
 /// Set on a response that repeats a first one.
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
-/// Longest key (SPEC.md).
+/// Longest key: 1–255 visible ASCII characters (docs/api.md).
 pub const MAX_KEY: usize = 255;
 
 /// The request's `Idempotency-Key`, if it sent one: 1–255 visible ASCII

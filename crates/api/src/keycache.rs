@@ -1,5 +1,5 @@
 //! A short cache of API keys that were found valid, so a busy client does not
-//! cost a Postgres lookup per request (DESIGN.md, "The hot path is batched").
+//! cost a Postgres lookup per request (docs/design.md, "The hot path is batched").
 //! Only hits are kept: a key created a moment ago works at once, and a
 //! revoked one stops working within the cache's lifetime
 //! (`KURIR_KEY_CACHE_TTL`; `0s` turns the cache off).

@@ -1,4 +1,4 @@
-//! The per-account intake limit (README, "Intake limit"): a token bucket on
+//! The per-account intake limit (docs/api.md, "Intake limit"): a token bucket on
 //! accepted messages, one per account, shared by every API process.
 //!
 //! The bucket lives in Postgres ([`kurir_store::limits::lease`]). A process

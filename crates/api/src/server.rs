@@ -1,5 +1,6 @@
 //! The HTTP/1.1 server: hyper's connection driver under deadlines that bound
-//! slow clients (SPEC §1). kurir speaks HTTP/1.1 only, as it did under the
+//! slow clients (the `KURIR_*_TIMEOUT` settings in docs/configuration.md).
+//! kurir speaks HTTP/1.1 only, as it did under the
 //! `axum::serve` this replaces (axum's `http2` feature is off).
 //!
 //! Each connection is held to:

@@ -5,7 +5,7 @@
 //! documentation, so nothing here is required but what a receipt cannot do
 //! without: every identifier is optional, a value of an unexpected type
 //! counts as absent, and what this version does not know is skipped, never
-//! refused. Variants read (see the tests below and README, "Receipts"):
+//! refused. Variants read (see the tests below and docs/api.md, "Receipts"):
 //! - statuses with or without a `contacts` array (April 2026 on: `wa_id`
 //!   and the business-scoped `user_id`; `recipient_user_id` on the status,
 //!   `recipient_id` absent for a message sent to a business-scoped id);

@@ -2,7 +2,7 @@
 //! prefix, sandbox, api, workers), drives single-message POSTs through it,
 //! waits until Postgres says every message is `sent`, and reports rates,
 //! latencies, CPU per message and peak RSS by process; with `--reference`
-//! also DESIGN.md's bare pipeline on the same Postgres and RabbitMQ, and
+//! also a bare pipeline (`reference`) on the same Postgres and RabbitMQ, and
 //! kurir's ratio to it. `--rounds N` repeats that N times, alternately,
 //! and reports the median.
 

@@ -1,4 +1,4 @@
-//! DESIGN.md's bare pipeline, with no framework: insert a row, publish with
+//! The bare pipeline, with no framework: insert a row, publish with
 //! a confirm to a quorum queue, consume, update the row to sent, ack. It is
 //! what kurir's rate is compared with.
 

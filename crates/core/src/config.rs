@@ -211,7 +211,7 @@ pub struct ApiArgs {
     pub receipts: ReceiptArgs,
 }
 
-/// The receipts webhook, `/v1/webhooks/whatsapp` (README, "Receipts").
+/// The receipts webhook, `/v1/webhooks/whatsapp` (docs/api.md, "Receipts").
 #[derive(Debug, Clone, Args)]
 pub struct ReceiptArgs {
     /// The Meta app's secret: every receipt POST must carry its

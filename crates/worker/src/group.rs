@@ -1,4 +1,4 @@
-//! Claims and records in groups (DESIGN.md, "The hot path is batched").
+//! Claims and records in groups (docs/design.md, "The hot path is batched").
 //! Each delivery asks for its own row (or records its own outcome) and waits
 //! for its own answer; [`Grouped`] gathers what the other deliveries in
 //! flight asked meanwhile and runs them as one statement per kind (one

@@ -82,7 +82,7 @@ pub(crate) async fn insert_accepted<'a>(
         JobKind::StatusUpdate => ("status", "", ""),
     };
     // A text to a user whose 24-hour window kurir knows to be closed: the
-    // request's answer warns of it (README, "The 24-hour window").
+    // request's answer warns of it (docs/api.md, "Templates and the 24-hour window").
     let outside_window = match kind {
         JobKind::Message => {
             "COALESCE(body IS NOT NULL AND

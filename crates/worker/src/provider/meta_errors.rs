@@ -1,5 +1,6 @@
-//! What kurir does about each WhatsApp (Meta) error code (SPEC.md, section
-//! 3; Meta publishes no such table, this one follows its error reference),
+//! What kurir does about each WhatsApp (Meta) error code (the table in
+//! docs/configuration.md, "Providers"; Meta publishes no such table, this
+//! one follows its error reference),
 //! and what it tells the sender to do about it in `last_error.detail`.
 
 use std::time::Duration;
