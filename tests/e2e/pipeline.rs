@@ -4,42 +4,39 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use kurir_core::{AccountId, JobKind, LastError};
-use kurir_store::pipeline::{self, Attempt, AttemptOutcome, Recorded, Resolution};
+use kurir_core::{
+    AccountId, JobKind,
+    attempt::{Attempt, Outcome, ProviderError, Resolution},
+};
+use kurir_store::pipeline::{self, Recorded};
 use uuid::Uuid;
 
 use crate::support::{Options, TestApp};
 
 const LEASE: Duration = Duration::from_secs(60);
 
-fn attempt(
-    kind: JobKind,
-    id: Uuid,
-    account: AccountId,
-    number: i32,
-    outcome: AttemptOutcome,
-) -> Attempt {
+fn attempt(kind: JobKind, id: Uuid, account: AccountId, number: i32, outcome: Outcome) -> Attempt {
     Attempt {
         kind,
         subject_id: id,
         account,
         attempt: number,
-        provider: "sandbox".into(),
-        outcome,
-        http_status: Some(200),
-        error_code: None,
-        error_detail: None,
-        latency_ms: 3,
+        provider: "sandbox",
         started_at: Utc::now(),
+        latency: Duration::from_millis(3),
+        outcome,
     }
 }
 
-fn error(code: &str) -> LastError {
-    LastError {
-        code: code.into(),
-        detail: format!("{code} happened"),
-        retryable: code == "busy",
+fn delivered(provider_message_id: Option<&str>) -> Outcome {
+    Outcome::Delivered {
+        provider_message_id: provider_message_id.map(str::to_owned),
+        http_status: Some(200),
     }
+}
+
+fn error(code: &str) -> ProviderError {
+    ProviderError::new(code, format!("{code} happened"), Some(200))
 }
 
 fn uuid(id: &str) -> Uuid {
@@ -70,54 +67,46 @@ async fn one_grouped_record_gives_each_row_its_own_outcome() {
 
     let items = vec![
         (
-            Resolution::Done {
-                provider_message_id: Some("wamid.one\0".into()),
-            },
+            Resolution::Done,
             attempt(
                 JobKind::Message,
                 sent,
                 account,
                 1,
-                AttemptOutcome::Delivered,
+                delivered(Some("wamid.one\0")),
             ),
         ),
         (
             Resolution::Retry {
                 after: Duration::from_secs(30),
-                error: error("busy"),
             },
             attempt(
                 JobKind::Message,
                 retried,
                 account,
                 1,
-                AttemptOutcome::Retryable,
+                Outcome::Retryable {
+                    error: error("busy"),
+                    retry_after: None,
+                },
             ),
         ),
         (
-            Resolution::Failed {
-                error: error("131026"),
-            },
+            Resolution::Failed { gave_up: None },
             attempt(
                 JobKind::Message,
                 failed,
                 account,
                 1,
-                AttemptOutcome::Permanent,
+                Outcome::Permanent {
+                    error: error("131026"),
+                },
             ),
         ),
         // An attempt number the row is not at: a writer whose lease ran out.
         (
-            Resolution::Done {
-                provider_message_id: None,
-            },
-            attempt(
-                JobKind::Message,
-                stale,
-                account,
-                7,
-                AttemptOutcome::Delivered,
-            ),
+            Resolution::Done,
+            attempt(JobKind::Message, stale, account, 7, delivered(None)),
         ),
     ];
     let recorded = pipeline::record_many(&client, JobKind::Message, &items)
@@ -262,16 +251,8 @@ async fn two_status_updates_of_one_user_in_one_group_leave_the_newer_text() {
     let account = claimed[0].account;
     let done = |id| {
         (
-            Resolution::Done {
-                provider_message_id: None,
-            },
-            attempt(
-                JobKind::StatusUpdate,
-                id,
-                account,
-                1,
-                AttemptOutcome::Delivered,
-            ),
+            Resolution::Done,
+            attempt(JobKind::StatusUpdate, id, account, 1, delivered(None)),
         )
     };
     // The newer first: the order in the group must not matter.

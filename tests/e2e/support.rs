@@ -737,7 +737,7 @@ impl TestApp {
     }
 
     /// A message's attempts as the store records them (with the provider's name).
-    pub async fn attempts(&self, id: &str) -> Vec<kurir_store::pipeline::Attempt> {
+    pub async fn attempts(&self, id: &str) -> Vec<kurir_store::pipeline::AttemptRecord> {
         let id = uuid::Uuid::parse_str(id).expect("uuid");
         let client = self.pool.get().await.expect("connection");
         let account =

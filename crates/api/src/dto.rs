@@ -8,7 +8,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, SecondsFormat, Utc};
 use kurir_core::{LastError, MessageStatus, Template};
 use kurir_store::{
-    messages::Message, pipeline::Attempt, status_updates::StatusUpdate, users::User,
+    messages::Message, pipeline::AttemptRecord, status_updates::StatusUpdate, users::User,
 };
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 use utoipa::ToSchema;
@@ -296,8 +296,8 @@ pub struct AttemptJson {
     pub detail: Option<String>,
 }
 
-impl From<Attempt> for AttemptJson {
-    fn from(attempt: Attempt) -> Self {
+impl From<AttemptRecord> for AttemptJson {
+    fn from(attempt: AttemptRecord) -> Self {
         Self {
             number: attempt.attempt,
             started_at: attempt.started_at,
@@ -322,8 +322,8 @@ pub struct AttemptList {
     pub attempts: Vec<AttemptJson>,
 }
 
-impl From<Vec<Attempt>> for AttemptList {
-    fn from(attempts: Vec<Attempt>) -> Self {
+impl From<Vec<AttemptRecord>> for AttemptList {
+    fn from(attempts: Vec<AttemptRecord>) -> Self {
         Self {
             attempts: attempts.into_iter().map(AttemptJson::from).collect(),
         }

@@ -7,6 +7,7 @@
 //! [`runtime`] holds the task and reconnect habits every process shares.
 
 pub mod apikey;
+pub mod attempt;
 pub mod config;
 pub mod ids;
 pub mod intake;

@@ -9,14 +9,14 @@ use std::time::Duration;
 use chrono::Utc;
 use kurir_core::{
     AccountId, Content, JobKind, JobState, LastError, MessageBody, MessageId, MessageStatus,
-    PhoneNumber, StatusText, StatusUpdateId, UserId, UserName, config::DatabaseArgs,
+    PhoneNumber, StatusText, StatusUpdateId, UserId, UserName,
+    attempt::{Attempt, Outcome, ProviderError, Resolution},
+    config::DatabaseArgs,
 };
 use kurir_store::{
     Client, Db, keys,
     messages::{self, NewMessage},
-    pipeline::{
-        self, Attempt, AttemptOutcome, Publishable, Publishing, Recorded, Replayed, Resolution,
-    },
+    pipeline::{self, AttemptOutcome, Publishable, Publishing, Recorded, Replayed},
     status_updates::{self, NewStatusUpdate},
     users::{self, NewUser},
 };
@@ -147,21 +147,30 @@ impl Fresh {
             .unwrap();
     }
 
-    fn attempt(&self, kind: JobKind, id: Uuid, attempt: i32, outcome: AttemptOutcome) -> Attempt {
+    fn attempt(&self, kind: JobKind, id: Uuid, attempt: i32, outcome: Outcome) -> Attempt {
         Attempt {
             kind,
             subject_id: id,
             account: self.account,
             attempt,
-            provider: "test".into(),
-            outcome,
-            http_status: Some(200),
-            error_code: (outcome != AttemptOutcome::Delivered).then(|| "131000".into()),
-            error_detail: (outcome != AttemptOutcome::Delivered).then(|| "went wrong\0".into()),
-            latency_ms: 12,
+            provider: "test",
             started_at: Utc::now(),
+            latency: Duration::from_millis(12),
+            outcome,
         }
     }
+}
+
+fn delivered(provider_message_id: Option<&str>) -> Outcome {
+    Outcome::Delivered {
+        provider_message_id: provider_message_id.map(str::to_owned),
+        http_status: Some(200),
+    }
+}
+
+/// A provider error whose detail carries a NUL, which Postgres cannot store.
+fn provider_error(code: &str) -> ProviderError {
+    ProviderError::new(code, "went wrong\0", Some(400))
 }
 
 impl Drop for Fresh {
@@ -189,11 +198,11 @@ impl Drop for Fresh {
     }
 }
 
-fn error(code: &str) -> LastError {
+fn expired() -> LastError {
     LastError {
-        code: code.into(),
-        detail: "went wrong\0 (NUL stripped)".into(),
-        retryable: code == "131000",
+        code: "expired".into(),
+        detail: "past its deadline".into(),
+        retryable: false,
     }
 }
 
@@ -426,25 +435,27 @@ async fn record_many_applies_done_retry_and_failed_in_one_statement_with_their_a
     pipeline::claim_messages(&client, &ids, LEASE, None)
         .await
         .unwrap();
+    let retryable = Outcome::Retryable {
+        error: provider_error("131000"),
+        retry_after: None,
+    };
+    let permanent = Outcome::Permanent {
+        error: provider_error("131026"),
+    };
     let items = vec![
         (
-            Resolution::Done {
-                provider_message_id: Some("wamid.1\0".into()),
-            },
-            t.attempt(JobKind::Message, ids[0], 1, AttemptOutcome::Delivered),
+            Resolution::Done,
+            t.attempt(JobKind::Message, ids[0], 1, delivered(Some("wamid.1\0"))),
         ),
         (
             Resolution::Retry {
                 after: Duration::from_secs(3600),
-                error: error("131000"),
             },
-            t.attempt(JobKind::Message, ids[1], 1, AttemptOutcome::Retryable),
+            t.attempt(JobKind::Message, ids[1], 1, retryable),
         ),
         (
-            Resolution::Failed {
-                error: error("131026"),
-            },
-            t.attempt(JobKind::Message, ids[2], 1, AttemptOutcome::Permanent),
+            Resolution::Failed { gave_up: None },
+            t.attempt(JobKind::Message, ids[2], 1, permanent.clone()),
         ),
     ];
     let recorded = pipeline::record_many(&client, JobKind::Message, &items)
@@ -497,10 +508,8 @@ async fn record_many_applies_done_retry_and_failed_in_one_statement_with_their_a
         .await
         .unwrap_or_default();
     let stale = vec![(
-        Resolution::Failed {
-            error: error("131026"),
-        },
-        t.attempt(JobKind::Message, ids[2], 5, AttemptOutcome::Permanent),
+        Resolution::Failed { gave_up: None },
+        t.attempt(JobKind::Message, ids[2], 5, permanent),
     )];
     let stale = pipeline::record_many(&client, JobKind::Message, &stale)
         .await
@@ -519,10 +528,8 @@ async fn a_recorded_status_update_sets_the_users_status_unless_a_newer_one_did()
         .unwrap();
     let done = |id| {
         (
-            Resolution::Done {
-                provider_message_id: None,
-            },
-            t.attempt(JobKind::StatusUpdate, id, 1, AttemptOutcome::Delivered),
+            Resolution::Done,
+            t.attempt(JobKind::StatusUpdate, id, 1, delivered(None)),
         )
     };
     // The newer first, then the older: the user keeps the newer text.
@@ -550,12 +557,12 @@ async fn expire_fails_a_claimed_row_with_no_attempt_and_only_for_its_claim() {
         .await
         .unwrap();
     assert!(
-        !pipeline::expire(&client, JobKind::Message, ids[0], 2, &error("expired"))
+        !pipeline::expire(&client, JobKind::Message, ids[0], 2, &expired())
             .await
             .unwrap()
     );
     assert!(
-        pipeline::expire(&client, JobKind::Message, ids[0], 1, &error("expired"))
+        pipeline::expire(&client, JobKind::Message, ids[0], 1, &expired())
             .await
             .unwrap()
     );
@@ -685,10 +692,8 @@ async fn a_waited_row_that_ends_is_notified_and_its_state_can_be_read() {
         .await
         .unwrap();
     let items = [(
-        Resolution::Done {
-            provider_message_id: None,
-        },
-        t.attempt(JobKind::Message, ids[0], 1, AttemptOutcome::Delivered),
+        Resolution::Done,
+        t.attempt(JobKind::Message, ids[0], 1, delivered(None)),
     )];
     pipeline::record_many(&client, JobKind::Message, &items)
         .await

@@ -20,10 +20,14 @@ use std::{future::Future, sync::Arc, time::Duration};
 
 use chrono::Utc;
 use kurir_bus::{Delivery, Envelope, Publisher};
-use kurir_core::{JobKind, LastError, runtime::Reconnect};
+use kurir_core::{
+    JobKind,
+    attempt::{Attempt, Resolution},
+    runtime::Reconnect,
+};
 use kurir_store::{
     Db, StoreError,
-    pipeline::{self, Attempt, AttemptOutcome, Recorded, Resolution},
+    pipeline::{self, Recorded},
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -220,36 +224,27 @@ impl Deliverer {
                 return Settle::Hold;
             }
         };
-        let latency = started.elapsed();
-        let resolution = self
-            .retry
-            .resolve(&outcome, attempt, claimed.created_at(), Utc::now());
-        log_outcome(&outcome, &resolution, attempt, latency);
-        count_outcome(
-            self.provider.name(),
-            envelope.kind,
-            &resolution,
-            latency,
-            (matches!(resolution, Resolution::Done { .. }) && envelope.kind == JobKind::Message)
-                .then(|| claimed.created_at()),
-        );
+        // The one shape of this call, from here to the row.
         let record = Attempt {
             kind: envelope.kind,
             subject_id: envelope.id,
             account: claimed.account(),
             attempt,
-            provider: self.provider.name().to_owned(),
-            outcome: match &outcome {
-                Outcome::Delivered { .. } => AttemptOutcome::Delivered,
-                Outcome::Retryable { .. } => AttemptOutcome::Retryable,
-                Outcome::Permanent { .. } => AttemptOutcome::Permanent,
-            },
-            http_status: outcome.http_status().map(i32::from),
-            error_code: error_of(&outcome).map(|e| e.code.clone()),
-            error_detail: error_of(&outcome).map(|e| e.detail.clone()),
-            latency_ms: i32::try_from(latency.as_millis()).unwrap_or(i32::MAX),
+            provider: self.provider.name(),
             started_at,
+            latency: started.elapsed(),
+            outcome,
         };
+        let resolution =
+            self.retry
+                .resolve(&record.outcome, attempt, claimed.created_at(), Utc::now());
+        log_outcome(&record, &resolution);
+        count_outcome(
+            &record,
+            &resolution,
+            (resolution == Resolution::Done && envelope.kind == JobKind::Message)
+                .then(|| claimed.created_at()),
+        );
         let recorded = self
             .persist("record", cut_off, || {
                 self.groups.record(resolution.clone(), record.clone())
@@ -406,66 +401,65 @@ enum Persisted<T> {
     Failed(StoreError),
 }
 
-fn error_of(outcome: &Outcome) -> Option<&ProviderError> {
-    match outcome {
-        Outcome::Delivered { .. } => None,
-        Outcome::Retryable { error, .. } | Outcome::Permanent { error } => Some(error),
-    }
-}
-
 /// The metrics of one attempt: `kurir_deliveries_total` by outcome and
 /// code, the provider's latency, and (for a message the provider took)
 /// the time from its acceptance, `accepted_at`.
 fn count_outcome(
-    provider: &'static str,
-    kind: JobKind,
+    record: &Attempt,
     resolution: &Resolution,
-    latency: Duration,
     accepted_at: Option<chrono::DateTime<Utc>>,
 ) {
-    let (result, code) = match resolution {
-        Resolution::Done { .. } => ("sent", String::new()),
-        Resolution::Retry { error, .. } => ("retry", error.code.clone()),
-        Resolution::Failed { error } => ("failed", error.code.clone()),
+    let code = record
+        .outcome
+        .error()
+        .map(|error| error.code.clone())
+        .unwrap_or_default();
+    let result = match resolution {
+        Resolution::Done => "sent",
+        Resolution::Retry { .. } => "retry",
+        Resolution::Failed { .. } => "failed",
     };
     metrics::counter!(
         "kurir_deliveries_total",
-        "kind" => kind.as_str(),
+        "kind" => record.kind.as_str(),
         "outcome" => result,
         "code" => code
     )
     .increment(1);
     metrics::histogram!(
         "kurir_provider_duration_seconds",
-        "provider" => provider,
-        "kind" => kind.as_str()
+        "provider" => record.provider,
+        "kind" => record.kind.as_str()
     )
-    .record(latency.as_secs_f64());
+    .record(record.latency.as_secs_f64());
     if let Some(accepted_at) = accepted_at {
         let waited = (Utc::now() - accepted_at).to_std().unwrap_or_default();
         metrics::histogram!("kurir_accept_to_sent_seconds").record(waited.as_secs_f64());
     }
 }
 
-fn log_outcome(outcome: &Outcome, resolution: &Resolution, attempt: i32, latency: Duration) {
-    let latency_ms = latency.as_millis() as u64;
+fn log_outcome(record: &Attempt, resolution: &Resolution) {
+    let attempt = record.attempt;
+    let latency_ms = record.latency.as_millis() as u64;
+    let error = record.last_error(resolution);
+    let (code, detail) = error
+        .as_ref()
+        .map(|e| (e.code.as_str(), e.detail.as_str()))
+        .unwrap_or_default();
     match resolution {
-        Resolution::Done {
-            provider_message_id,
-        } => {
+        Resolution::Done => {
             debug!(
                 attempt,
                 latency_ms,
-                provider_message_id = provider_message_id.as_deref().unwrap_or(""),
+                provider_message_id = record.outcome.provider_message_id().unwrap_or(""),
                 "delivered"
             );
         }
-        Resolution::Retry { after, error } => {
-            warn!(attempt, latency_ms, code = %error.code, detail = %error.detail, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
+        Resolution::Retry { after } => {
+            warn!(attempt, latency_ms, %code, %detail, retry_in_ms = after.as_millis() as u64, "attempt failed; will retry");
         }
-        Resolution::Failed { error } => {
-            let LastError { code, detail, .. } = error;
-            let permanent = matches!(outcome, Outcome::Permanent { .. });
+        Resolution::Failed { .. } => {
+            let permanent = matches!(record.outcome, Outcome::Permanent { .. });
             warn!(attempt, latency_ms, %code, %detail, permanent, "failed for good");
         }
     }

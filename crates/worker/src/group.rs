@@ -10,11 +10,12 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use kurir_core::{
     JobKind,
+    attempt::{Attempt, Resolution},
     runtime::{Asked, Grouped, Tasks},
 };
 use kurir_store::{
     Db, StoreError,
-    pipeline::{self, Attempt, Recorded, Resolution},
+    pipeline::{self, Recorded},
 };
 use uuid::Uuid;
 

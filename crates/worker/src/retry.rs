@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use backoff::{SystemClock, backoff::Backoff, exponential::ExponentialBackoff};
 use chrono::{DateTime, Utc};
-use kurir_core::{LastError, config::RetryArgs};
-use kurir_store::pipeline::Resolution;
-
-use crate::provider::{Outcome, ProviderError};
+use kurir_core::{
+    LastError,
+    attempt::{Outcome, Resolution},
+    config::RetryArgs,
+};
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {
@@ -67,16 +68,9 @@ impl RetryPolicy {
         now: DateTime<Utc>,
     ) -> Resolution {
         match outcome {
-            Outcome::Delivered {
-                provider_message_id,
-                ..
-            } => Resolution::Done {
-                provider_message_id: provider_message_id.clone(),
-            },
-            Outcome::Permanent { error } => Resolution::Failed {
-                error: last_error(error, false),
-            },
-            Outcome::Retryable { error, retry_after } => {
+            Outcome::Delivered { .. } => Resolution::Done,
+            Outcome::Permanent { .. } => Resolution::Failed { gave_up: None },
+            Outcome::Retryable { retry_after, .. } => {
                 let mut after = self.delay(attempt);
                 if let Some(retry_after) = retry_after {
                     // Never sooner than the provider asked.
@@ -94,18 +88,14 @@ impl RetryPolicy {
                     _ => true,
                 };
                 if past_deadline {
-                    let mut error = last_error(error, true);
-                    error.detail = format!(
-                        "{} (gave up after {attempt} attempts: the next would be past the {} deadline)",
-                        error.detail,
-                        humantime::format_duration(self.max_age)
-                    );
-                    Resolution::Failed { error }
-                } else {
-                    Resolution::Retry {
-                        after,
-                        error: last_error(error, true),
+                    Resolution::Failed {
+                        gave_up: Some(format!(
+                            "gave up after {attempt} attempts: the next would be past the {} deadline",
+                            humantime::format_duration(self.max_age)
+                        )),
                     }
+                } else {
+                    Resolution::Retry { after }
                 }
             }
         }
@@ -133,17 +123,36 @@ impl RetryPolicy {
     }
 }
 
-fn last_error(error: &ProviderError, retryable: bool) -> LastError {
-    LastError {
-        code: error.code.clone(),
-        detail: error.detail.clone(),
-        retryable,
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use kurir_core::{
+        AccountId, JobKind,
+        attempt::{Attempt, ProviderError},
+    };
+
     use super::*;
+
+    /// The resolution, and the row's last error as the store records it.
+    fn decide(
+        outcome: &Outcome,
+        attempt: i32,
+        created_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> (Resolution, Option<LastError>) {
+        let resolution = policy().resolve(outcome, attempt, created_at, now);
+        let record = Attempt {
+            kind: JobKind::Message,
+            subject_id: uuid::Uuid::now_v7(),
+            account: AccountId(1),
+            attempt,
+            provider: "test",
+            started_at: now,
+            latency: Duration::ZERO,
+            outcome: outcome.clone(),
+        };
+        let error = record.last_error(&resolution);
+        (resolution, error)
+    }
 
     fn policy() -> RetryPolicy {
         RetryPolicy {
@@ -191,9 +200,8 @@ mod tests {
     #[test]
     fn retry_after_is_a_floor() {
         let now = Utc::now();
-        let resolution = policy().resolve(&retryable(Some(Duration::from_secs(30))), 1, now, now);
-        match resolution {
-            Resolution::Retry { after, error } => {
+        match decide(&retryable(Some(Duration::from_secs(30))), 1, now, now) {
+            (Resolution::Retry { after }, Some(error)) => {
                 assert!(after >= Duration::from_secs(30));
                 assert!(error.retryable);
                 assert_eq!(error.code, "131000");
@@ -206,8 +214,8 @@ mod tests {
     fn retries_stop_at_the_deadline() {
         let now = Utc::now();
         let created = now - chrono::Duration::hours(24) + chrono::Duration::seconds(10);
-        match policy().resolve(&retryable(Some(Duration::from_secs(60))), 9, created, now) {
-            Resolution::Failed { error } => {
+        match decide(&retryable(Some(Duration::from_secs(60))), 9, created, now) {
+            (Resolution::Failed { .. }, Some(error)) => {
                 assert!(error.retryable);
                 assert!(
                     error.detail.contains("gave up after 9 attempts"),
@@ -252,8 +260,8 @@ mod tests {
         let outcome = Outcome::Permanent {
             error: ProviderError::new("131026", "Message undeliverable", Some(400)),
         };
-        match policy().resolve(&outcome, 1, now, now) {
-            Resolution::Failed { error } => {
+        match decide(&outcome, 1, now, now) {
+            (Resolution::Failed { gave_up: None }, Some(error)) => {
                 assert!(!error.retryable);
                 assert_eq!(error.code, "131026");
             }

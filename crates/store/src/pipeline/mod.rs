@@ -43,5 +43,5 @@ pub use publish::{
     Publishable, RELAY_CHANNEL, Replayed, claim_for_publish, claim_stale_published, mark_published,
     notify_relays, release_publish, replay,
 };
-pub use read::{BACKLOG_CAP, attempts_for, backlog};
-pub use record::{Attempt, AttemptOutcome, Recorded, Resolution, expire, record_many};
+pub use read::{AttemptOutcome, AttemptRecord, BACKLOG_CAP, attempts_for, backlog};
+pub use record::{Recorded, expire, record_many};

@@ -1,16 +1,46 @@
 //! Reading the pipeline: an account's history of attempts for one row
 //! ([`attempts_for`]) and the backlog gauge ([`backlog`]).
 
+use chrono::{DateTime, Utc};
 use kurir_core::{AccountId, JobKind};
 use tracing::instrument;
 use uuid::Uuid;
 
-use crate::{
-    GenericClient, Result,
-    columns::table,
-    corrupt,
-    pipeline::record::{Attempt, AttemptOutcome},
-};
+use crate::{GenericClient, Result, columns::table, corrupt};
+
+/// How an attempt ended, as recorded in `delivery_attempts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    Delivered,
+    Retryable,
+    Permanent,
+}
+
+impl AttemptOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttemptOutcome::Delivered => "delivered",
+            AttemptOutcome::Retryable => "retryable",
+            AttemptOutcome::Permanent => "permanent",
+        }
+    }
+}
+
+/// One attempt as the history holds it (what `GET …/attempts` shows).
+#[derive(Debug, Clone)]
+pub struct AttemptRecord {
+    pub kind: JobKind,
+    pub subject_id: Uuid,
+    pub account: AccountId,
+    pub attempt: i32,
+    pub provider: String,
+    pub outcome: AttemptOutcome,
+    pub http_status: Option<i32>,
+    pub error_code: Option<String>,
+    pub error_detail: Option<String>,
+    pub latency_ms: i32,
+    pub started_at: DateTime<Utc>,
+}
 
 /// Every attempt recorded for one of `account`'s messages or status updates,
 /// oldest first. `None`: the account has no such row (another account's id
@@ -21,7 +51,7 @@ pub async fn attempts_for(
     account: AccountId,
     kind: JobKind,
     subject_id: Uuid,
-) -> Result<Option<Vec<Attempt>>> {
+) -> Result<Option<Vec<AttemptRecord>>> {
     let t = table(kind);
     // One row per attempt, or one of NULLs for a row with none yet.
     let sql = format!(
@@ -47,7 +77,7 @@ pub async fn attempts_for(
         .map(Some)
 }
 
-fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
+fn attempt_from_row(row: &tokio_postgres::Row) -> Result<AttemptRecord> {
     let kind: JobKind = row
         .get::<_, &str>("kind")
         .parse()
@@ -58,7 +88,7 @@ fn attempt_from_row(row: &tokio_postgres::Row) -> Result<Attempt> {
         "permanent" => AttemptOutcome::Permanent,
         other => return Err(corrupt(format!("attempt outcome {other:?}"))),
     };
-    Ok(Attempt {
+    Ok(AttemptRecord {
         kind,
         subject_id: row.get("subject_id"),
         account: AccountId(row.get("account_id")),

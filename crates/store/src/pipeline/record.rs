@@ -2,12 +2,15 @@
 //! the attempt itself, many rows in one statement ([`record_many`]), or a
 //! row failed past its deadline with no provider call ([`expire`]). Both are
 //! fenced by `attempts`: an outcome is recorded only if the row is still
-//! `sending` at the attempt the writer claimed.
-
-use std::time::Duration;
+//! `sending` at the attempt the writer claimed. The attempt and its
+//! resolution are recorded as the worker built them (`kurir_core::attempt`),
+//! flattened into columns here and nowhere else ([`RecordColumns`]).
 
 use chrono::{DateTime, Utc};
-use kurir_core::{AccountId, JobKind, LastError};
+use kurir_core::{
+    JobKind, LastError,
+    attempt::{Attempt, Resolution},
+};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -16,18 +19,6 @@ use crate::{
     columns::{error_json, pg_text, secs, table},
     pipeline::done::notify_done,
 };
-
-/// What an attempt decided for its row.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Resolution {
-    /// Delivered: message `sent`, status update `success` (and the user's
-    /// status takes the new text).
-    Done { provider_message_id: Option<String> },
-    /// Back to `queued`, unpublished, due `after` from now (Postgres' clock).
-    Retry { after: Duration, error: LastError },
-    /// `failed` for good.
-    Failed { error: LastError },
-}
 
 /// What [`record_many`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -190,7 +181,7 @@ struct RecordColumns {
     error: Vec<Option<serde_json::Value>>,
     provider_message_id: Vec<Option<String>>,
     account_id: Vec<i64>,
-    provider: Vec<String>,
+    provider: Vec<&'static str>,
     outcome: Vec<&'static str>,
     http_status: Vec<Option<i32>>,
     error_code: Vec<Option<String>>,
@@ -200,38 +191,36 @@ struct RecordColumns {
 }
 
 impl RecordColumns {
+    /// The one place an attempt and its resolution become columns.
     fn of(items: &[(Resolution, Attempt)]) -> Result<Self> {
         let mut c = Self::default();
         for (resolution, attempt) in items {
-            let (state, retry_secs, error, provider_message_id) = match resolution {
-                Resolution::Done {
-                    provider_message_id,
-                } => (
-                    final_state(attempt.kind),
-                    None,
-                    None,
-                    provider_message_id.as_deref().map(pg_text),
-                ),
-                Resolution::Retry { after, error } => {
-                    ("queued", Some(secs(*after)), Some(error_json(error)?), None)
-                }
-                Resolution::Failed { error } => ("failed", None, Some(error_json(error)?), None),
+            let (state, retry_secs) = match resolution {
+                Resolution::Done => (final_state(attempt.kind), None),
+                Resolution::Retry { after } => ("queued", Some(secs(*after))),
+                Resolution::Failed { .. } => ("failed", None),
             };
+            let error = attempt.outcome.error();
             c.id.push(attempt.subject_id);
             c.attempt.push(attempt.attempt);
             c.state.push(state);
             c.retry_secs.push(retry_secs);
-            c.error.push(error);
-            c.provider_message_id.push(provider_message_id);
+            c.error.push(
+                attempt
+                    .last_error(resolution)
+                    .map(|e| error_json(&e))
+                    .transpose()?,
+            );
+            c.provider_message_id
+                .push(attempt.outcome.provider_message_id().map(pg_text));
             c.account_id.push(attempt.account.0);
-            c.provider.push(attempt.provider.clone());
+            c.provider.push(attempt.provider);
             c.outcome.push(attempt.outcome.as_str());
-            c.http_status.push(attempt.http_status);
-            c.error_code
-                .push(attempt.error_code.as_deref().map(pg_text));
-            c.error_detail
-                .push(attempt.error_detail.as_deref().map(pg_text));
-            c.latency_ms.push(attempt.latency_ms);
+            c.http_status
+                .push(attempt.outcome.http_status().map(i32::from));
+            c.error_code.push(error.map(|e| pg_text(&e.code)));
+            c.error_detail.push(error.map(|e| pg_text(&e.detail)));
+            c.latency_ms.push(attempt.latency_ms());
             c.started_at.push(attempt.started_at);
         }
         Ok(c)
@@ -272,38 +261,4 @@ pub async fn expire(
         .query_one(&statement, &[&id, &attempt, &error])
         .await?;
     Ok(row.get::<_, i64>(0) == 1)
-}
-
-/// How an attempt ended, as recorded in `delivery_attempts`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AttemptOutcome {
-    Delivered,
-    Retryable,
-    Permanent,
-}
-
-impl AttemptOutcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AttemptOutcome::Delivered => "delivered",
-            AttemptOutcome::Retryable => "retryable",
-            AttemptOutcome::Permanent => "permanent",
-        }
-    }
-}
-
-/// One delivery attempt, for the record.
-#[derive(Debug, Clone)]
-pub struct Attempt {
-    pub kind: JobKind,
-    pub subject_id: Uuid,
-    pub account: AccountId,
-    pub attempt: i32,
-    pub provider: String,
-    pub outcome: AttemptOutcome,
-    pub http_status: Option<i32>,
-    pub error_code: Option<String>,
-    pub error_detail: Option<String>,
-    pub latency_ms: i32,
-    pub started_at: DateTime<Utc>,
 }

@@ -5,7 +5,7 @@
 //! and reports what happened; the worker records it and schedules any retry in
 //! Postgres.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use kurir_core::config::{ProviderArgs, ProviderKind};
@@ -25,55 +25,9 @@ pub use whatsapp::WhatsAppProvider;
 /// What a provider is handed: the row as the claim returned it.
 pub use kurir_store::pipeline::{ClaimedMessage, ClaimedStatusUpdate};
 
-/// What one attempt came to.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// The provider took it. `provider_message_id` is its id (`wamid…`), if it gave one.
-    Delivered {
-        provider_message_id: Option<String>,
-        http_status: Option<u16>,
-    },
-    /// Try again later; never sooner than `retry_after` if the provider said so.
-    Retryable {
-        error: ProviderError,
-        retry_after: Option<Duration>,
-    },
-    /// Will never succeed (bad number, recipient not on WhatsApp, …).
-    Permanent { error: ProviderError },
-}
-
-/// A provider's error: a stable code (the provider's own where it has one,
-/// such as Meta's `131026`, else one of ours such as `timeout` or `http_503`)
-/// and a human-readable detail.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProviderError {
-    pub code: String,
-    pub detail: String,
-    pub http_status: Option<u16>,
-}
-
-impl ProviderError {
-    pub fn new(
-        code: impl Into<String>,
-        detail: impl Into<String>,
-        http_status: Option<u16>,
-    ) -> Self {
-        Self {
-            code: code.into(),
-            detail: detail.into(),
-            http_status,
-        }
-    }
-}
-
-impl Outcome {
-    pub fn http_status(&self) -> Option<u16> {
-        match self {
-            Outcome::Delivered { http_status, .. } => *http_status,
-            Outcome::Retryable { error, .. } | Outcome::Permanent { error } => error.http_status,
-        }
-    }
-}
+/// What one attempt came to: the shape every layer shares (see
+/// `kurir_core::attempt`).
+pub use kurir_core::attempt::{Outcome, ProviderError};
 
 #[async_trait]
 pub trait Provider: Send + Sync + 'static {
