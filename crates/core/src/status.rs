@@ -84,6 +84,15 @@ pub enum StatusUpdateState {
 }
 
 impl StatusUpdateState {
+    /// Every state, in the order a status update moves through them (the
+    /// API's document lists their `public` values from here).
+    pub const ALL: [StatusUpdateState; 4] = [
+        StatusUpdateState::Queued,
+        StatusUpdateState::Sending,
+        StatusUpdateState::Success,
+        StatusUpdateState::Failed,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StatusUpdateState::Queued => "queued",
