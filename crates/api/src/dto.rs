@@ -15,7 +15,7 @@ use utoipa::ToSchema;
 
 use crate::{
     error::ApiError,
-    openapi::{
+    openapi::schemas::{
         BatchResultDoc, LastErrorDoc, MessageStatusDoc, OutcomeDoc, StatusUpdateStateDoc,
         TemplateDoc,
     },
@@ -376,7 +376,8 @@ pub fn status_filter<'de, D: Deserializer<'de>>(
         return Ok(None);
     }
     raw.parse().map(Some).map_err(|_| {
-        de::Error::custom("must be one of queued, sending, sent, delivered, read, failed")
+        let states = MessageStatus::ALL.map(MessageStatus::as_str).join(", ");
+        de::Error::custom(format!("must be one of {states}"))
     })
 }
 
@@ -428,6 +429,13 @@ mod tests {
         assert_eq!(problem_field("limit=1&limit=2"), (422, "limit".into()));
         assert_eq!(problem_field("limt=5"), (422, "limt".into()));
         assert_eq!(problem_field("status=lost"), (422, "status".into()));
+        let err = parse_query::<Query>("status=lost").unwrap_err();
+        assert!(
+            err.errors()[0]
+                .message
+                .ends_with("must be one of queued, sending, sent, delivered, read, failed"),
+            "{err:?}"
+        );
         let query = parse_query::<Query>("status=&limit=5").unwrap();
         assert_eq!((query.status, query.limit), (None, Limit(5)));
         let query = parse_query::<Query>("status=sent").unwrap();

@@ -60,7 +60,7 @@ pub(crate) struct Problem<'a> {
     detail: &'a str,
     /// The fields at fault, for a validation problem (422) or a conflict (409).
     #[serde(skip_serializing_if = "<[_]>::is_empty")]
-    #[schema(value_type = Vec<crate::openapi::FieldErrorDoc>, required = false)]
+    #[schema(value_type = Vec<crate::openapi::schemas::FieldErrorDoc>, required = false)]
     errors: &'a [FieldError],
 }
 

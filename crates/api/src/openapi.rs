@@ -8,24 +8,40 @@
 //! ([`raw_schemas`]). The committed `openapi.json` at the repository root
 //! is this document; a test fails when they differ (regenerate it with
 //! `KURIR_WRITE_OPENAPI=1 cargo test -p kurir-api openapi`).
+//!
+//! Who imports whom: this file assembles the document, so it imports the
+//! handlers (to list their paths) and nothing imports it; only the crate
+//! root names [`serve`], to route `GET /openapi.json` (the root wiring
+//! its modules, as it wires every handler). The types the handlers and
+//! `dto` name in their annotations live in two leaf modules below this
+//! one, which import nothing of the crate: [`schemas`] (the schemas a
+//! Rust type cannot derive: the states, read from `kurir_core`'s lists;
+//! the request headers; the names of the JSON Schemas written here) and
+//! [`problems`] (the problem+json responses and the lists of them routes
+//! share). So no file of the crate imports one that imports it back
+//! (`scripts/import-cycles` checks it).
 
-use kurir_core::template::PARAMETER_TYPES;
+pub mod problems;
+pub mod schemas;
+
 use std::sync::OnceLock;
 
 use axum::{
     http::{HeaderValue, header},
     response::{IntoResponse, Response},
 };
+use kurir_core::template::PARAMETER_TYPES;
 use serde_json::{Value, json};
 use utoipa::{
-    IntoParams, Modify, OpenApi, PartialSchema, ToSchema,
+    Modify, OpenApi,
     openapi::{
-        self, RefOr, Schema,
-        header::HeaderBuilder,
-        response::ResponseBuilder,
-        schema::{ObjectBuilder, Type},
+        self,
         security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
     },
+};
+
+use self::schemas::{
+    FieldErrorDoc, LastErrorDoc, MessageStatusDoc, OutcomeDoc, StatusUpdateStateDoc,
 };
 
 /// A user id, as a path segment or a field: `[A-Za-z0-9_-]{1,64}`.
@@ -65,30 +81,15 @@ pub const USER_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
         crate::ops::readyz,
         serve,
     ),
-    components(
-        schemas(
-            crate::error::Problem<'_>,
-            FieldErrorDoc,
-            LastErrorDoc,
-            MessageStatusDoc,
-            StatusUpdateStateDoc,
-            OutcomeDoc,
-        ),
-        responses(
-            BadRequest,
-            Unauthorized,
-            Forbidden,
-            NotFound,
-            RequestTimeout,
-            Conflict,
-            PayloadTooLarge,
-            UnsupportedMediaType,
-            Unprocessable,
-            TooManyRequests,
-            Unavailable,
-        )
-    ),
-    modifiers(&Security),
+    components(schemas(
+        crate::error::Problem<'_>,
+        FieldErrorDoc,
+        LastErrorDoc,
+        MessageStatusDoc,
+        StatusUpdateStateDoc,
+        OutcomeDoc,
+    )),
+    modifiers(&Security, &Problems),
     tags(
         (name = "users", description = "The account's users (the recipients)"),
         (name = "messages", description = "Text and template messages: send, poll, list"),
@@ -116,6 +117,19 @@ impl Modify for Security {
                     .build(),
             ),
         );
+    }
+}
+
+/// Every problem response the operations refer to, as
+/// `components.responses` (from [`problems::components`], their one list).
+struct Problems;
+
+impl Modify for Problems {
+    fn modify(&self, openapi: &mut openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        for (name, response) in problems::components() {
+            components.responses.insert(name.to_owned(), response);
+        }
     }
 }
 
@@ -166,134 +180,7 @@ pub async fn serve() -> Response {
         .into_response()
 }
 
-// --- Request headers -------------------------------------------------------
-
-/// `Idempotency-Key` on a POST that creates.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-pub struct IdempotencyHeader {
-    /// 1–255 visible ASCII characters (inner spaces allowed). The same key
-    /// with the same request within 24 hours returns the first response
-    /// (`Idempotent-Replayed: true`) and creates nothing; with a different
-    /// request it is 422. Keys belong to the account.
-    #[param(rename = "Idempotency-Key", value_type = String, required = false,
-        pattern = "^[!-~]([ -~]{0,253}[!-~])?$", example = "order-42-reminder")]
-    pub idempotency_key: Option<String>,
-}
-
-/// `Idempotency-Key` and `Prefer: wait=N` on the seed POSTs.
-#[derive(IntoParams)]
-#[into_params(parameter_in = Header)]
-pub struct SeedPostHeaders {
-    /// 1–255 visible ASCII characters (inner spaces allowed). The same key
-    /// with the same request within 24 hours returns the first response
-    /// (`Idempotent-Replayed: true`) and creates nothing; with a different
-    /// request it is 422. Keys belong to the account.
-    #[param(rename = "Idempotency-Key", value_type = String, required = false,
-        pattern = "^[!-~]([ -~]{0,253}[!-~])?$", example = "order-42-reminder")]
-    pub idempotency_key: Option<String>,
-    /// RFC 7240 preferences, of which kurir reads `wait=N`: hold the answer
-    /// until the request is over (200) or N seconds pass (202). N is whole
-    /// seconds, at most 30 (more waits 30); `wait=0`, a `wait` that is not a
-    /// number and any other preference ask for nothing (never an error).
-    #[param(rename = "Prefer", value_type = String, required = false, example = "wait=10")]
-    pub prefer: Option<String>,
-}
-
-// --- Schemas utoipa derives ------------------------------------------------
-
-/// One invalid field of a request: its path (`template.parameters[1]`,
-/// `Idempotency-Key`, a query parameter) and what is wrong with it.
-#[derive(ToSchema)]
-#[schema(as = FieldError)]
-pub struct FieldErrorDoc {
-    pub field: String,
-    pub message: String,
-}
-
-/// Why the last attempt failed (`kurir_core::LastError`).
-#[derive(ToSchema)]
-#[schema(as = LastError)]
-pub struct LastErrorDoc {
-    /// The provider's code (`"131026"`) or one of kurir's (`timeout`,
-    /// `connect`, `http_503`, `expired`).
-    pub code: String,
-    pub detail: String,
-    /// Whether kurir will try again (or would have, before giving up).
-    pub retryable: bool,
-}
-
-/// A message's state; it only moves forward: `queued → sending → sent →
-/// delivered → read`, or `failed`.
-#[derive(ToSchema)]
-#[schema(as = MessageStatus, rename_all = "snake_case")]
-pub enum MessageStatusDoc {
-    Queued,
-    Sending,
-    Sent,
-    Delivered,
-    Read,
-    Failed,
-}
-
-/// A status update's state.
-#[derive(ToSchema)]
-#[schema(as = StatusUpdateState, rename_all = "snake_case")]
-pub enum StatusUpdateStateDoc {
-    Queued,
-    Success,
-    Failed,
-}
-
-/// How one provider call ended.
-#[derive(ToSchema)]
-#[schema(as = Outcome, rename_all = "snake_case")]
-pub enum OutcomeDoc {
-    Delivered,
-    Retryable,
-    Permanent,
-}
-
-/// `GET /healthz`.
-#[derive(ToSchema)]
-pub struct Health {
-    #[schema(value_type = String, pattern = "^ok$")]
-    pub status: String,
-}
-
 // --- Schemas written as JSON Schema ----------------------------------------
-
-/// Types whose schema is one of [`raw_schemas`]: utoipa refers to them by
-/// name; the document gets their JSON Schema from there.
-macro_rules! raw_schema {
-    ($($(#[$doc:meta])* $ty:ident => $name:literal;)*) => {$(
-        $(#[$doc])*
-        pub struct $ty;
-
-        impl PartialSchema for $ty {
-            fn schema() -> RefOr<Schema> {
-                ObjectBuilder::new().description(Some(concat!("See ", $name))).into()
-            }
-        }
-
-        impl ToSchema for $ty {
-            fn name() -> std::borrow::Cow<'static, str> {
-                $name.into()
-            }
-        }
-    )*};
-}
-
-raw_schema! {
-    /// `template` on a send or a batch item (`kurir_core::Template`).
-    TemplateDoc => "Template";
-    /// The body of `POST /v1/users/{id}/messages` (`SendMessage`).
-    SendMessageDoc => "SendMessage";
-    /// The body of `POST /v1/messages/batch` (`SendBatch`).
-    SendBatchDoc => "SendBatch";
-    /// One result of a batch (`dto::BatchResult`).
-    BatchResultDoc => "BatchResult";
-}
 
 fn schema_ref(name: &str) -> Value {
     json!({ "$ref": format!("#/components/schemas/{name}") })
@@ -500,131 +387,6 @@ pub fn raw_schemas() -> Vec<(&'static str, Value)> {
     ]
 }
 
-// --- Error responses -------------------------------------------------------
-
-/// A problem+json response described by `description`, with `example`
-/// and `headers` (name, type, description).
-fn problem(
-    description: &str,
-    example: Value,
-    headers: &[(&str, Type, &str)],
-) -> RefOr<openapi::Response> {
-    let content = openapi::content::ContentBuilder::new()
-        .schema(Some(RefOr::Ref(openapi::Ref::from_schema_name("Problem"))))
-        .example(Some(example))
-        .build();
-    let mut response = ResponseBuilder::new()
-        .description(description)
-        .content("application/problem+json", content);
-    for (name, kind, about) in headers {
-        response = response.header(
-            *name,
-            HeaderBuilder::new()
-                .schema(ObjectBuilder::new().schema_type(kind.clone()))
-                .description(Some(*about))
-                .build(),
-        );
-    }
-    response.build().into()
-}
-
-fn example(status: u16, slug: &str, title: &str, detail: &str) -> Value {
-    json!({
-        "type": format!("https://kurir.dev/problems/{slug}"),
-        "title": title,
-        "status": status,
-        "detail": detail,
-    })
-}
-
-const RETRY_AFTER: (&str, Type, &str) = (
-    "Retry-After",
-    Type::Integer,
-    "Seconds to wait before trying again",
-);
-
-macro_rules! problem_responses {
-    ($($name:ident => $build:expr;)*) => {$(
-        pub struct $name;
-
-        impl<'s> utoipa::ToResponse<'s> for $name {
-            fn response() -> (&'s str, RefOr<openapi::Response>) {
-                (stringify!($name), $build)
-            }
-        }
-    )*};
-}
-
-problem_responses! {
-    BadRequest => problem(
-        "The body is not JSON (`malformed-json`), or could not be read (`bad-request`)",
-        example(400, "malformed-json", "Malformed JSON", "the body is not valid JSON: EOF while parsing an object at line 1 column 1"),
-        &[],
-    );
-    Unauthorized => problem(
-        "Missing, unknown or revoked API key (on the webhook: a missing or wrong `X-Hub-Signature-256`)",
-        example(401, "unauthorized", "Unauthorized", "send your API key as Authorization: Bearer <key>"),
-        &[("WWW-Authenticate", Type::String, "`Bearer`")],
-    );
-    Forbidden => problem(
-        "The handshake's `hub.mode` is not `subscribe` or its `hub.verify_token` is not this server's (or none is set up)",
-        example(403, "forbidden", "Forbidden", "hub.verify_token is not this server's KURIR_WHATSAPP_VERIFY_TOKEN"),
-        &[],
-    );
-    NotFound => problem(
-        "No such id in this account (another account's id is 404 too)",
-        example(404, "not-found", "Not found", "no such user"),
-        &[],
-    );
-    RequestTimeout => problem(
-        "The body did not arrive within `KURIR_BODY_TIMEOUT`; the connection is closed",
-        example(408, "request-timeout", "Request timeout", "the request body did not arrive within 10s"),
-        &[("Connection", Type::String, "`close`")],
-    );
-    Conflict => problem(
-        "A user with this `id` or `phone_number` exists (named in `errors`), or a request with this `Idempotency-Key` was being processed and stored nothing (send it again)",
-        json!({
-            "type": "https://kurir.dev/problems/conflict", "title": "Conflict", "status": 409,
-            "detail": "a user with this phone number exists already",
-            "errors": [{"field": "phone_number", "message": "a user with this phone number exists already"}],
-        }),
-        &[],
-    );
-    PayloadTooLarge => problem(
-        "The body is over `KURIR_MAX_BODY_BYTES` (a `Content-Length` over it is refused before the body is read)",
-        example(413, "payload-too-large", "Payload too large", "the request body is over the 1048576 byte limit"),
-        &[("Connection", Type::String, "`close`")],
-    );
-    UnsupportedMediaType => problem(
-        "The body is not sent as JSON (`Content-Type: application/json` or `…+json`)",
-        example(415, "unsupported-media-type", "Unsupported media type", "send the body as JSON with Content-Type: application/json"),
-        &[],
-    );
-    Unprocessable => problem(
-        "Invalid, unknown or repeated fields, query parameters or headers, each named in `errors`; an `Idempotency-Key` used before with a different request",
-        json!({
-            "type": "https://kurir.dev/problems/validation", "title": "Invalid request", "status": 422,
-            "detail": "mesage: unknown field `mesage`, expected `message`",
-            "errors": [{"field": "mesage", "message": "unknown field `mesage`, expected `message`"}],
-        }),
-        &[],
-    );
-    TooManyRequests => problem(
-        "The account is over its intake limit; nothing was accepted",
-        example(429, "rate-limited", "Too many requests", "this account may have 2 messages accepted a second, 3 at once (its intake limit); this request needs 1 and 0 are left: retry after 1 s"),
-        &[
-            RETRY_AFTER,
-            ("RateLimit", Type::String, "What is left: `\"intake\";r=<remaining>;t=<seconds until the request fits>`"),
-            ("RateLimit-Policy", Type::String, "The limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
-        ],
-    );
-    Unavailable => problem(
-        "Postgres is unreachable or too slow (`KURIR_DB_TIMEOUT`); nothing was accepted",
-        example(503, "unavailable", "Service unavailable", "the database is unavailable; try again"),
-        &[RETRY_AFTER],
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeSet;
@@ -657,6 +419,88 @@ mod tests {
         let doc = document();
         let version = doc["openapi"].as_str().unwrap_or_default();
         assert!(version.starts_with("3.1"), "openapi is {version:?}");
+    }
+
+    /// The states the document lists are those `kurir_core` has, in its
+    /// order, wherever the document names them.
+    #[test]
+    fn the_documented_states_are_the_cores() {
+        use kurir_core::{MessageStatus, StatusUpdateState};
+
+        let doc = document();
+        let schemas = &doc["components"]["schemas"];
+        let statuses: Vec<&str> = MessageStatus::ALL.map(MessageStatus::as_str).to_vec();
+        assert_eq!(schemas["MessageStatus"]["enum"], json!(statuses));
+        let mut states: Vec<&str> = Vec::new();
+        for state in StatusUpdateState::ALL.map(StatusUpdateState::public) {
+            if !states.contains(&state) {
+                states.push(state);
+            }
+        }
+        assert_eq!(schemas["StatusUpdateState"]["enum"], json!(states));
+        assert_eq!(states, ["queued", "success", "failed"]);
+        for (schema, field, state) in [
+            ("Message", "message_status", "MessageStatus"),
+            ("Accepted", "message_status", "MessageStatus"),
+            ("StatusUpdate", "status_update", "StatusUpdateState"),
+            ("StatusAccepted", "status_update", "StatusUpdateState"),
+        ] {
+            assert_eq!(
+                schemas[schema]["properties"][field]["$ref"],
+                format!("#/components/schemas/{state}"),
+                "{schema}.{field}"
+            );
+        }
+        // `?status=` on a list of messages: one of them, or empty.
+        let status_filter = doc["paths"]["/v1/users/{id}/messages"]["get"]["parameters"]
+            .as_array()
+            .expect("parameters")
+            .iter()
+            .find(|parameter| parameter["name"] == "status")
+            .expect("a status parameter");
+        assert_eq!(
+            status_filter["schema"]["pattern"],
+            format!("^(|{})$", statuses.join("|"))
+        );
+    }
+
+    /// Each placeholder of a schema written as JSON Schema is replaced.
+    #[test]
+    fn every_raw_schema_is_written() {
+        let doc = document();
+        let written: BTreeSet<&str> = raw_schemas().into_iter().map(|(name, _)| name).collect();
+        for name in schemas::RAW_SCHEMA_NAMES {
+            assert!(written.contains(name), "{name} has no JSON Schema");
+            let description = doc["components"]["schemas"][name]["description"]
+                .as_str()
+                .unwrap_or_default();
+            assert!(!description.starts_with("See "), "{name}: {description}");
+        }
+    }
+
+    /// Every response an operation refers to is a component.
+    #[test]
+    fn every_referenced_response_exists() {
+        let doc = document();
+        let components = doc["components"]["responses"]
+            .as_object()
+            .expect("responses");
+        assert_eq!(components.len(), problems::components().len());
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, op) in item.as_object().expect("path item") {
+                for (status, response) in op["responses"].as_object().expect("responses") {
+                    if let Some(reference) = response["$ref"].as_str() {
+                        let name = reference
+                            .strip_prefix("#/components/responses/")
+                            .unwrap_or(reference);
+                        assert!(
+                            components.contains_key(name),
+                            "{method} {path} {status}: {reference}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     /// Every `.route("path", method(…)…)` in `source`, as (path, method).

@@ -165,7 +165,7 @@ impl Readyz {
 #[utoipa::path(
     get, path = "/healthz", tag = "operations", operation_id = "healthz",
     summary = "The process is alive",
-    responses((status = 200, description = "Alive", body = crate::openapi::Health, example = json!({"status": "ok"}))),
+    responses((status = 200, description = "Alive", body = crate::openapi::schemas::Health, example = json!({"status": "ok"}))),
 )]
 pub async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({"status": "ok"}))

@@ -28,9 +28,8 @@ use crate::{
         respond,
     },
     openapi::{
-        BadRequest, Conflict, IdempotencyHeader, NotFound, PayloadTooLarge, RequestTimeout,
-        SeedPostHeaders, SendBatchDoc, SendMessageDoc, TooManyRequests, Unauthorized, Unavailable,
-        Unprocessable, UnsupportedMediaType,
+        problems::{Conflict, ListErrors, NotFound, ReadErrors, TooManyRequests, WriteErrors},
+        schemas::{IdempotencyHeader, SeedPostHeaders, SendBatchDoc, SendMessageDoc},
     },
     trace::Trace,
     wait::PreferWait,
@@ -139,16 +138,7 @@ fn warning(stored: &Result<Stored, ApiError>) -> Option<&'static str> {
                 ("RateLimit-Policy" = String, description = "The intake limit: `\"intake\";q=<burst>;w=<seconds to fill>`"),
             ),
             example = json!({"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "sent"})),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 408, response = RequestTimeout),
-        (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        WriteErrors, NotFound, Conflict, TooManyRequests,
     ),
 )]
 pub async fn send(
@@ -344,14 +334,7 @@ fn batch_item(
                 {"message_id": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10", "message_status": "queued"},
                 {"error": {"type": "https://kurir.dev/problems/not-found", "title": "Not found", "status": 404, "detail": "no such user"}}
             ]})),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 429, response = TooManyRequests),
-        (status = 503, response = Unavailable),
+        WriteErrors, TooManyRequests,
     ),
 )]
 pub async fn send_batch(
@@ -492,9 +475,7 @@ pub fn message_id(raw: &str) -> ApiResult<MessageId> {
     params(("message_id" = String, Path, description = "The message's id", format = "uuid")),
     responses(
         (status = 200, description = "The message", body = MessageJson),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        ReadErrors,
     ),
 )]
 pub async fn get(
@@ -520,9 +501,7 @@ pub async fn get(
     params(("message_id" = String, Path, description = "The message's id", format = "uuid")),
     responses(
         (status = 200, description = "Every provider call", body = AttemptList),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        ReadErrors,
     ),
 )]
 pub async fn attempts(
@@ -582,10 +561,7 @@ const CURSOR_TAG: &str = "m";
     ),
     responses(
         (status = 200, description = "A page of messages", body = MessageList),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        ListErrors, NotFound,
     ),
 )]
 pub async fn list(

@@ -19,8 +19,8 @@ use crate::{
     extract::{Account, Id, JsonBody},
     idempotency::{IdempotencyKey, claim, fingerprint, kept_json},
     openapi::{
-        BadRequest, Conflict, NotFound, PayloadTooLarge, RequestTimeout, SeedPostHeaders,
-        Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
+        problems::{Conflict, NotFound, ReadErrors, WriteErrors},
+        schemas::SeedPostHeaders,
     },
     wait::PreferWait,
 };
@@ -61,15 +61,7 @@ pub struct SetStatus {
                 ("Preference-Applied" = String, description = "`wait=N`: how long the request waited at most"),
             ),
             example = json!({"status_update_id": "0193b1f3-0a4d-7b1c-8e2f-3d4c5b6a7980", "status_update": "success"})),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 408, response = RequestTimeout),
-        (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        WriteErrors, NotFound, Conflict,
     ),
 )]
 pub async fn set(
@@ -152,9 +144,7 @@ fn status_update_id(raw: &str) -> ApiResult<StatusUpdateId> {
     params(("id" = String, Path, description = "The status update's id", format = "uuid")),
     responses(
         (status = 200, description = "The status update", body = StatusUpdateJson),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        ReadErrors,
     ),
 )]
 pub async fn get(
@@ -180,9 +170,7 @@ pub async fn get(
     params(("id" = String, Path, description = "The status update's id", format = "uuid")),
     responses(
         (status = 200, description = "Every provider call", body = AttemptList),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        ReadErrors,
     ),
 )]
 pub async fn attempts(

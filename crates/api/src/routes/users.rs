@@ -17,8 +17,8 @@ use crate::{
     extract::{Account, Id, JsonBody, Params},
     idempotency::{HEADER, IdempotencyKey, Kept, claim, fingerprint, kept_json, replay, respond},
     openapi::{
-        BadRequest, Conflict, IdempotencyHeader, NotFound, PayloadTooLarge, RequestTimeout,
-        Unauthorized, Unavailable, Unprocessable, UnsupportedMediaType,
+        problems::{Conflict, ListErrors, ReadErrors, WriteErrors},
+        schemas::IdempotencyHeader,
     },
 };
 
@@ -122,14 +122,7 @@ impl CreateUser {
                 ("Location" = String, description = "`/v1/users/{id}`"),
                 ("Idempotent-Replayed" = String, description = "`true` when this repeats the first response to the key"),
             )),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 408, response = RequestTimeout),
-        (status = 409, response = Conflict),
-        (status = 413, response = PayloadTooLarge),
-        (status = 415, response = UnsupportedMediaType),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        WriteErrors, Conflict,
     ),
 )]
 pub async fn create(
@@ -219,9 +212,7 @@ pub fn user_id(raw: &str) -> ApiResult<UserId> {
     params(("id" = String, Path, description = "The user's id", pattern = "^[A-Za-z0-9_-]{1,64}$", example = "user123")),
     responses(
         (status = 200, description = "The user", body = UserJson),
-        (status = 401, response = Unauthorized),
-        (status = 404, response = NotFound),
-        (status = 503, response = Unavailable),
+        ReadErrors,
     ),
 )]
 pub async fn get(
@@ -261,9 +252,7 @@ const CURSOR_TAG: &str = "u";
     params(ListQuery),
     responses(
         (status = 200, description = "A page of users", body = UserList),
-        (status = 401, response = Unauthorized),
-        (status = 422, response = Unprocessable),
-        (status = 503, response = Unavailable),
+        ListErrors,
     ),
 )]
 pub async fn list(

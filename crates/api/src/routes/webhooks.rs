@@ -41,7 +41,9 @@ use crate::{
     AppState,
     error::{ApiError, ApiResult, Throttle},
     extract::read_body,
-    openapi::{BadRequest, Forbidden, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable},
+    openapi::problems::{
+        BadRequest, Forbidden, PayloadTooLarge, RequestTimeout, Unauthorized, Unavailable,
+    },
     whatsapp,
 };
 
@@ -219,7 +221,7 @@ pub struct HandshakeQuery {
     params(HandshakeQuery),
     responses(
         (status = 200, description = "The challenge, echoed", content_type = "text/plain", body = String, example = "1158201444"),
-        (status = 403, response = Forbidden),
+        Forbidden,
     ),
 )]
 pub async fn handshake(State(state): State<AppState>, request: Request) -> ApiResult<Response> {
@@ -268,11 +270,7 @@ pub async fn handshake(State(state): State<AppState>, request: Request) -> ApiRe
                 "recipient_user_id": "ID.13491208655302741918", "biz_opaque_callback_data": "0193b1f2-7c1e-7d3a-9a57-6f0c2a1e4b10"}]}}]}]})),
     responses(
         (status = 200, description = "Applied: what the notification came to", body = Applied),
-        (status = 400, response = BadRequest),
-        (status = 401, response = Unauthorized),
-        (status = 408, response = RequestTimeout),
-        (status = 413, response = PayloadTooLarge),
-        (status = 503, response = Unavailable),
+        BadRequest, Unauthorized, RequestTimeout, PayloadTooLarge, Unavailable,
     ),
 )]
 pub async fn receive(State(state): State<AppState>, request: Request) -> ApiResult<Json<Applied>> {
