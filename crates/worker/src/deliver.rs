@@ -33,6 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
+    group::{Claimed, Groups},
     provider::{Outcome, Provider, ProviderError},
     retry::RetryPolicy,
 };
@@ -91,37 +92,7 @@ pub struct Deliverer {
     /// (`ProviderArgs::call_limit`).
     pub call_limit: Duration,
     /// Claims rows together with the other deliveries in flight.
-    pub(crate) groups: crate::group::Groups,
-}
-
-/// A claimed row, ready for the provider.
-pub(crate) enum Claimed {
-    Message(pipeline::ClaimedMessage),
-    StatusUpdate(pipeline::ClaimedStatusUpdate),
-}
-
-impl Claimed {
-    fn attempt(&self) -> i32 {
-        match self {
-            Claimed::Message(m) => m.attempt,
-            Claimed::StatusUpdate(s) => s.attempt,
-        }
-    }
-
-    /// The row's own account (the envelope's copy is only a hint for logs).
-    fn account(&self) -> kurir_core::AccountId {
-        match self {
-            Claimed::Message(m) => m.account,
-            Claimed::StatusUpdate(s) => s.account,
-        }
-    }
-
-    fn created_at(&self) -> chrono::DateTime<Utc> {
-        match self {
-            Claimed::Message(m) => m.created_at,
-            Claimed::StatusUpdate(s) => s.created_at,
-        }
-    }
+    pub(crate) groups: Groups,
 }
 
 impl Deliverer {

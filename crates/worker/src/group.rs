@@ -19,14 +19,42 @@ use kurir_store::{
 };
 use uuid::Uuid;
 
-use crate::deliver::Claimed;
-
 /// Most rows in one statement.
 const BATCH: usize = 256;
 /// Batches being committed at once: one. While it commits, the next batch
 /// gathers, so batches grow with the load by themselves (measured: more in
 /// flight meant smaller batches, more statements and more CPU per message).
 const IN_FLIGHT: usize = 1;
+
+/// A claimed row, ready for the provider.
+pub(crate) enum Claimed {
+    Message(pipeline::ClaimedMessage),
+    StatusUpdate(pipeline::ClaimedStatusUpdate),
+}
+
+impl Claimed {
+    pub(crate) fn attempt(&self) -> i32 {
+        match self {
+            Claimed::Message(m) => m.attempt,
+            Claimed::StatusUpdate(s) => s.attempt,
+        }
+    }
+
+    /// The row's own account (the envelope's copy is only a hint for logs).
+    pub(crate) fn account(&self) -> kurir_core::AccountId {
+        match self {
+            Claimed::Message(m) => m.account,
+            Claimed::StatusUpdate(s) => s.account,
+        }
+    }
+
+    pub(crate) fn created_at(&self) -> chrono::DateTime<chrono::Utc> {
+        match self {
+            Claimed::Message(m) => m.created_at,
+            Claimed::StatusUpdate(s) => s.created_at,
+        }
+    }
+}
 
 type Claim = Result<Option<Claimed>, StoreError>;
 type Record = Result<Recorded, StoreError>;
@@ -96,22 +124,31 @@ fn answer_all<T, A>(
     }
 }
 
+/// A group split by kind, messages first: one statement each; a kind with
+/// nothing asked is left out.
+fn by_kind<T, R>(
+    group: Vec<Asked<T, R>>,
+    kind_of: impl Fn(&T) -> JobKind,
+) -> Vec<(JobKind, Vec<Asked<T, R>>)> {
+    let (messages, updates): (Vec<_>, Vec<_>) = group
+        .into_iter()
+        .partition(|(item, _)| kind_of(item) == JobKind::Message);
+    [
+        (JobKind::Message, messages),
+        (JobKind::StatusUpdate, updates),
+    ]
+    .into_iter()
+    .filter(|(_, group)| !group.is_empty())
+    .collect()
+}
+
 async fn claim(
     db: Db,
     lease: Duration,
     sender: Option<Arc<str>>,
     group: Vec<Asked<(JobKind, Uuid), Claim>>,
 ) {
-    let (messages, updates): (Vec<_>, Vec<_>) = group
-        .into_iter()
-        .partition(|((kind, _), _)| *kind == JobKind::Message);
-    for (kind, group) in [
-        (JobKind::Message, messages),
-        (JobKind::StatusUpdate, updates),
-    ] {
-        if group.is_empty() {
-            continue;
-        }
+    for (kind, group) in by_kind(group, |(kind, _)| *kind) {
         let ids: Vec<Uuid> = group.iter().map(|((_, id), _)| *id).collect();
         let claimed = db
             .run(async |client| {
@@ -144,20 +181,12 @@ async fn claim(
 }
 
 async fn record(db: Db, group: Vec<Asked<(Resolution, Attempt), Record>>) {
-    let (messages, updates): (Vec<_>, Vec<_>) = group
-        .into_iter()
-        .partition(|((_, attempt), _)| attempt.kind == JobKind::Message);
-    for (kind, group) in [
-        (JobKind::Message, messages),
-        (JobKind::StatusUpdate, updates),
-    ] {
-        if group.is_empty() {
-            continue;
-        }
+    for (kind, group) in by_kind(group, |(_, attempt)| attempt.kind) {
         let (items, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let recorded = db
             .run(async |client| pipeline::record_many(client, kind, &items).await)
             .await;
+        // record_many answers one per item, in order.
         match recorded {
             Ok(recorded) => {
                 for (reply, recorded) in replies.into_iter().zip(recorded) {
@@ -171,5 +200,75 @@ async fn record(db: Db, group: Vec<Asked<(Resolution, Attempt), Record>>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::sync::oneshot;
+
+    use super::*;
+
+    fn asked<T>(
+        item: T,
+    ) -> (
+        Asked<T, Result<Option<u32>, StoreError>>,
+        oneshot::Receiver<Result<Option<u32>, StoreError>>,
+    ) {
+        let (reply, answer) = oneshot::channel();
+        ((item, reply), answer)
+    }
+
+    #[test]
+    fn a_group_is_one_statement_per_kind_messages_first_and_an_unasked_kind_is_skipped() {
+        let (a, _) = asked((JobKind::StatusUpdate, 1));
+        let (b, _) = asked((JobKind::Message, 2));
+        let (c, _) = asked((JobKind::StatusUpdate, 3));
+        let split = by_kind(vec![a, b, c], |(kind, _)| *kind);
+        let kinds: Vec<(JobKind, Vec<i32>)> = split
+            .iter()
+            .map(|(kind, group)| (*kind, group.iter().map(|((_, n), _)| *n).collect()))
+            .collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (JobKind::Message, vec![2]),
+                (JobKind::StatusUpdate, vec![1, 3])
+            ]
+        );
+
+        let (only, _) = asked((JobKind::Message, 4));
+        let split = by_kind(vec![only], |(kind, _)| *kind);
+        assert_eq!(split.len(), 1, "no statement for status updates");
+    }
+
+    #[test]
+    fn each_delivery_hears_its_own_row_and_one_not_claimed_hears_none() {
+        let (a, mut first) = asked(1u32);
+        let (b, mut second) = asked(2u32);
+        answer_all(vec![a, b], Ok(|n: &u32| (*n == 1).then_some(*n * 10)));
+        assert_eq!(first.try_recv().unwrap().unwrap(), Some(10));
+        assert_eq!(second.try_recv().unwrap().unwrap(), None);
+    }
+
+    #[test]
+    fn a_failed_statement_answers_each_delivery_and_an_outage_stays_an_outage() {
+        let (a, mut first) = asked(1u32);
+        let (b, mut second) = asked(2u32);
+        answer_all(
+            vec![a, b],
+            Err::<fn(&u32) -> Option<u32>, _>(StoreError::Unavailable("down".into())),
+        );
+        for answer in [first.try_recv().unwrap(), second.try_recv().unwrap()] {
+            assert!(answer.unwrap_err().is_unavailable());
+        }
+        let (c, mut third) = asked(3u32);
+        answer_all(
+            vec![c],
+            Err::<fn(&u32) -> Option<u32>, _>(StoreError::Corrupt("a bug".into())),
+        );
+        let err = third.try_recv().unwrap().unwrap_err();
+        assert!(!err.is_unavailable());
+        assert_eq!(err.to_string(), "corrupt row: a bug");
     }
 }
