@@ -209,12 +209,9 @@ mod tests {
 
     use super::*;
 
-    fn asked<T>(
-        item: T,
-    ) -> (
-        Asked<T, Result<Option<u32>, StoreError>>,
-        oneshot::Receiver<Result<Option<u32>, StoreError>>,
-    ) {
+    type Answer = Result<Option<u32>, StoreError>;
+
+    fn asked<T>(item: T) -> (Asked<T, Answer>, oneshot::Receiver<Answer>) {
         let (reply, answer) = oneshot::channel();
         ((item, reply), answer)
     }
