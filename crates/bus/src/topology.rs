@@ -36,7 +36,7 @@ use lapin::{
 };
 
 /// After this many deliveries of one envelope (each ended by a worker dying
-/// or a connection closing before its ack) the broker dead-letters it to `{p}.dead`.
+/// or a connection closing before its ack) the broker dead-letters it to `{p}.dead-letters`.
 pub const DELIVERY_LIMIT: i64 = 20;
 
 /// The dead-letter queue's delivery limit: the largest value every RabbitMQ

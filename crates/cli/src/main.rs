@@ -90,7 +90,7 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
-    /// Show and re-drive dead-lettered envelopes (`{prefix}.dead`).
+    /// Show and re-drive dead-lettered envelopes (`{prefix}.dead-letters`).
     Dlq {
         #[command(subcommand)]
         command: dlq::DlqCommand,
