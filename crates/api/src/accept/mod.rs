@@ -32,6 +32,10 @@ use crate::{
     idempotency::{self, Kept},
 };
 
+mod plan;
+
+use plan::Verdict;
+
 /// Something a client asked kurir to deliver.
 #[derive(Debug, Clone)]
 pub enum NewJob {
@@ -146,18 +150,6 @@ struct Batches {
     dispatcher: Dispatcher,
 }
 
-/// What a row of a group is to its key.
-#[derive(Debug, Clone, Copy)]
-enum Role {
-    /// No key.
-    Free,
-    /// The first row of the group with its key: it claims the key.
-    Claimer,
-    /// A later row with the key of the row at this position: it shares
-    /// that row's fate (the same request sent twice at once).
-    Follower(usize),
-}
-
 /// The field a key came in, for its errors.
 fn key_field(scope: Scope) -> &'static str {
     match scope {
@@ -185,29 +177,25 @@ async fn store_jobs<'a>(
     Ok(stored.into_iter().map(|row| (row.row.id, row)).collect())
 }
 
-/// What the store said about a group with keys: the stored rows, whether
-/// each claim held, and what each key that did not hold keeps.
+/// What the store said about a group: the stored rows, whether each claim
+/// held, and what each key that did not hold keeps.
 type Outcome = (HashMap<Uuid, Accepted>, Vec<bool>, Vec<Option<Recorded>>);
 
 impl Batches {
+    /// Carries out the group's plan (`plan`): claims, stores, settles the
+    /// keys, then answers each request.
     async fn commit(&self, batch: Vec<Asked<Accept, Answer>>) {
-        let mut claimer_of: HashMap<&Key, usize> = HashMap::new();
-        let mut roles = Vec::with_capacity(batch.len());
-        let mut claims = Vec::new();
-        for (position, (row, _)) in batch.iter().enumerate() {
-            let role = match &row.key {
-                None => Role::Free,
-                Some(claim) => match claimer_of.get(&claim.key) {
-                    Some(first) => Role::Follower(*first),
-                    None => {
-                        claimer_of.insert(&claim.key, position);
-                        claims.push(claim.clone());
-                        Role::Claimer
-                    }
-                },
-            };
-            roles.push(role);
-        }
+        let roles = plan::roles(
+            batch
+                .iter()
+                .map(|(row, _)| row.key.as_ref().map(|c| &c.key)),
+        );
+        let claimers = plan::claimers(&roles);
+        let claim_of = |position: usize| batch[position].0.key.as_ref();
+        let claims: Vec<Claim> = claimers
+            .iter()
+            .filter_map(|position| claim_of(*position).cloned())
+            .collect();
         let mut slots = self.dispatcher.reserve(batch.len());
         let publishing = slots.publishing();
         let outcome: Result<Outcome, StoreError> = if claims.is_empty() {
@@ -225,42 +213,31 @@ impl Batches {
             self.db
                 .transaction(async |tx: &kurir_store::Transaction<'_>| {
                     let held = key_store::claim_many(tx, &claims).await?;
-                    let mut held_by = held.iter();
-                    let storing: Vec<bool> = roles
-                        .iter()
-                        .map(|role| match role {
-                            Role::Free => true,
-                            Role::Claimer => *held_by.next().unwrap_or(&false),
-                            Role::Follower(_) => false,
-                        })
-                        .collect();
+                    let storing = plan::storing(&roles, &held);
                     let jobs = batch
                         .iter()
                         .zip(&storing)
                         .filter(|(_, store)| **store)
                         .map(|((row, _), _)| &row.job);
                     let stored = store_jobs(tx, jobs, publishing).await?;
-                    let mut orphans = Vec::new();
-                    let mut taken = Vec::new();
-                    let claimers = batch
+                    let stored_at: Vec<bool> = batch
                         .iter()
-                        .zip(&roles)
-                        .filter(|(_, r)| matches!(r, Role::Claimer));
-                    for (((row, _), _), held) in claimers.zip(&held) {
-                        let Some(claim) = &row.key else { continue };
-                        if !held {
-                            taken.push(claim.key.clone());
-                        } else if !stored.contains_key(&row.job.id()) {
-                            orphans.push(claim.key.clone());
-                        }
-                    }
-                    key_store::forget_many(tx, &orphans).await?;
-                    let recorded = key_store::lookup_many(tx, &taken).await?;
+                        .map(|(row, _)| stored.contains_key(&row.job.id()))
+                        .collect();
+                    let after = plan::keys_after(&roles, &held, &stored_at);
+                    let keys = |positions: &[usize]| -> Vec<Key> {
+                        positions
+                            .iter()
+                            .filter_map(|position| claim_of(*position).map(|c| c.key.clone()))
+                            .collect()
+                    };
+                    key_store::forget_many(tx, &keys(&after.forget)).await?;
+                    let recorded = key_store::lookup_many(tx, &keys(&after.look_up)).await?;
                     Ok((stored, held, recorded))
                 })
                 .await
         };
-        let (mut stored, held, recorded) = match outcome {
+        let (mut stored, held, mut recorded) = match outcome {
             Ok(outcome) => outcome,
             Err(err) => {
                 let error = ApiError::from(err);
@@ -270,53 +247,43 @@ impl Batches {
                 return;
             }
         };
-        let mut held = held.into_iter();
-        let mut recorded = recorded.into_iter();
+        let fingerprint = |position: usize| claim_of(position).map(|c| &c.fingerprint);
+        let verdicts = plan::verdicts(&roles, &held, |me, first| {
+            fingerprint(me).is_some() && fingerprint(me) == fingerprint(first)
+        });
         let mut answers: Vec<Answer> = Vec::with_capacity(batch.len());
-        for ((row, _), role) in batch.iter().zip(&roles) {
-            let answer = match (role, &row.key) {
-                (Role::Free, _) | (Role::Claimer, None) => {
-                    stored_new(&mut slots, stored.remove(&row.job.id()))
-                }
-                (Role::Claimer, Some(claim)) => {
-                    if held.next().unwrap_or(false) {
-                        stored_new(&mut slots, stored.remove(&row.job.id()))
-                    } else {
-                        match recorded.next().flatten() {
-                            Some(first) => idempotency::replay(
-                                key_field(claim.key.scope),
-                                first,
-                                &claim.fingerprint,
-                            )
-                            .map(Stored::Replay),
-                            // Taken, yet gone: the first request's row was
-                            // not stored after all; this one may try again.
-                            None => Err(ApiError::conflict(
-                                key_field(claim.key.scope),
-                                "a request with this key was being processed; send it again",
-                            )),
+        for ((row, _), verdict) in batch.iter().zip(verdicts) {
+            let field = || {
+                row.key
+                    .as_ref()
+                    .map_or("idempotency_key", |c| key_field(c.key.scope))
+            };
+            let answer = match verdict {
+                Verdict::Inserted => stored_new(&mut slots, stored.remove(&row.job.id())),
+                Verdict::Replay(n) => {
+                    match (recorded.get_mut(n).and_then(Option::take), &row.key) {
+                        (Some(first), Some(claim)) => {
+                            idempotency::replay(field(), first, &claim.fingerprint)
+                                .map(Stored::Replay)
                         }
-                    }
-                }
-                (Role::Follower(first), claim) => {
-                    let (first_row, _) = &batch[*first];
-                    let same = match (claim, &first_row.key) {
-                        (Some(mine), Some(theirs)) => mine.fingerprint == theirs.fingerprint,
-                        _ => false,
-                    };
-                    match (same, &answers[*first], &first_row.key) {
-                        (false, _, _) => Err(ApiError::field(
-                            claim
-                                .as_ref()
-                                .map_or("idempotency_key", |c| key_field(c.key.scope)),
-                            "was used with a different request in the last 24 hours; send a new key for a new request",
+                        // Taken, yet gone: the first request's row was not
+                        // stored after all; this one may try again.
+                        _ => Err(ApiError::conflict(
+                            field(),
+                            "a request with this key was being processed; send it again",
                         )),
-                        (true, Ok(Stored::New { .. }), Some(theirs)) => {
-                            Ok(Stored::Replay(theirs.response.clone()))
-                        }
-                        (true, answer, _) => answer.clone(),
                     }
                 }
+                Verdict::SameAs(first) => match (&answers[first], claim_of(first)) {
+                    (Ok(Stored::New { .. }), Some(theirs)) => {
+                        Ok(Stored::Replay(theirs.response.clone()))
+                    }
+                    (answer, _) => answer.clone(),
+                },
+                Verdict::Different(_) => Err(ApiError::field(
+                    field(),
+                    "was used with a different request in the last 24 hours; send a new key for a new request",
+                )),
             };
             answers.push(answer);
         }
