@@ -114,9 +114,7 @@ async fn run(
 /// Publishes `rows`; returns those the broker did not confirm.
 async fn publish(publisher: &Publisher, rows: &[Publishable]) -> Vec<Publishable> {
     let published = publisher
-        .publish_each(rows, |row| {
-            Envelope::new(row.kind, row.id, row.account).traced(row.trace)
-        })
+        .publish_each(rows, |row| Envelope::from(row))
         .await;
     if let Some(err) = &published.first_error {
         debug!(error = %err, rows = published.failed.len(), "publish failed; releasing to the relay");
@@ -137,15 +135,56 @@ async fn release(db: &Db, rows: &[Publishable]) {
 
 async fn release_each_kind(db: &Db, rows: &[Publishable]) -> Result<(), StoreError> {
     db.run(async |client| {
-        for kind in JobKind::ALL {
-            let of_kind: Vec<Publishable> = rows
-                .iter()
-                .filter(|row| row.kind == kind)
-                .copied()
-                .collect();
+        for (kind, of_kind) in by_kind(rows) {
             pipeline::release_publish(client, kind, &of_kind, true).await?;
         }
         Ok(())
     })
     .await
+}
+
+/// `rows` by kind, one UPDATE each; a kind with no rows is left out.
+fn by_kind(rows: &[Publishable]) -> Vec<(JobKind, Vec<Publishable>)> {
+    JobKind::ALL
+        .into_iter()
+        .map(|kind| {
+            let of_kind = rows
+                .iter()
+                .filter(|row| row.kind == kind)
+                .copied()
+                .collect();
+            (kind, of_kind)
+        })
+        .filter(|(_, of_kind): &(JobKind, Vec<Publishable>)| !of_kind.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use kurir_core::AccountId;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn row(kind: JobKind) -> Publishable {
+        Publishable::accepted(kind, Uuid::now_v7(), AccountId(1), None)
+    }
+
+    #[test]
+    fn unpublished_rows_go_back_in_one_update_per_kind_and_none_for_an_absent_kind() {
+        let rows = [
+            row(JobKind::StatusUpdate),
+            row(JobKind::Message),
+            row(JobKind::Message),
+        ];
+        let split = by_kind(&rows);
+        let shape: Vec<(JobKind, usize)> = split.iter().map(|(k, r)| (*k, r.len())).collect();
+        assert_eq!(shape, [(JobKind::Message, 2), (JobKind::StatusUpdate, 1)]);
+        assert!(
+            by_kind(&[row(JobKind::Message)])
+                .iter()
+                .all(|(kind, _)| *kind == JobKind::Message)
+        );
+        assert!(by_kind(&[]).is_empty());
+    }
 }

@@ -1,6 +1,6 @@
 //! What travels on the broker: which row to deliver, nothing else.
 
-use kurir_core::{AccountId, JobKind, TraceContext};
+use kurir_core::{AccountId, JobKind, Publishable, TraceContext};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
@@ -17,6 +17,13 @@ pub struct Envelope {
     /// `traceparent` header, not in the body.
     #[serde(skip)]
     pub trace: Option<TraceContext>,
+}
+
+impl From<&Publishable> for Envelope {
+    /// The envelope of a row to publish, carrying its request's trace.
+    fn from(row: &Publishable) -> Self {
+        Envelope::new(row.kind, row.id, row.account).traced(row.trace)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -11,6 +11,7 @@ pub mod attempt;
 pub mod config;
 pub mod ids;
 pub mod intake;
+pub mod publishable;
 pub mod runtime;
 pub mod status;
 pub mod telemetry;
@@ -19,6 +20,7 @@ pub mod validate;
 
 pub use ids::{AccountId, JobKind, MessageId, StatusUpdateId, UserId};
 pub use intake::IntakeLimit;
+pub use publishable::Publishable;
 pub use status::{JobState, LastError, MessageStatus, StatusUpdateState};
 pub use telemetry::TraceContext;
 pub use template::{Content, Template};

@@ -91,18 +91,13 @@ async fn round(db: &Db, publisher: &Publisher, config: &RelayConfig) -> Result<b
                 config.publish_lease,
             ))
             .await?;
-        busy |= send(db, &client, publisher, kind, &rows).await? && rows.len() as i64 == limit;
+        let all_published = send(db, &client, publisher, kind, &rows).await?;
+        busy |= keeps_busy(rows.len(), limit, all_published);
     }
-    // The guard is for copies the broker lost or holds where nobody reads
-    // them. While envelopes still wait in the queue, rows published long ago
-    // are most likely just behind them: publishing those again would only
-    // double the backlog.
-    match publisher.deliveries_waiting().await {
-        Some(0) => {}
-        waiting => {
-            debug!(?waiting, "envelopes wait in the queue; the guard waits too");
-            return Ok(busy);
-        }
+    let waiting = publisher.deliveries_waiting().await;
+    if !guard_may_run(waiting) {
+        debug!(?waiting, "envelopes wait in the queue; the guard waits too");
+        return Ok(busy);
     }
     // One batch a round, whatever it finds: the guard never keeps the relay busy.
     for kind in JobKind::ALL {
@@ -130,6 +125,21 @@ async fn round(db: &Db, publisher: &Publisher, config: &RelayConfig) -> Result<b
     Ok(busy)
 }
 
+/// A kind keeps the relay busy (its next round starts at once) when its
+/// batch was full, so more is probably waiting, and all of it was published
+/// (a broker in trouble should not be asked again straight away).
+fn keeps_busy(claimed: usize, limit: i64, all_published: bool) -> bool {
+    all_published && i64::try_from(claimed).is_ok_and(|claimed| claimed == limit)
+}
+
+/// The guard is for copies the broker lost or holds where nobody reads
+/// them. While envelopes still wait in the queue (or the broker cannot say),
+/// rows published long ago are most likely just behind them: publishing
+/// those again would only double the backlog.
+fn guard_may_run(deliveries_waiting: Option<u32>) -> bool {
+    deliveries_waiting == Some(0)
+}
+
 /// Publishes claimed rows, marks the confirmed ones and releases the rest.
 /// False if some could not be published (the broker is in trouble: the
 /// round should not come straight back).
@@ -148,9 +158,7 @@ async fn send(
         failed,
         first_error,
     } = publisher
-        .publish_each(rows, |row| {
-            Envelope::new(row.kind, row.id, row.account).traced(row.trace)
-        })
+        .publish_each(rows, |row| Envelope::from(row))
         .await;
     if let Some(err) = first_error {
         warn!(error = %err, count = failed.len(), "publish failed; rows stay in Postgres for the next round");
@@ -166,4 +174,30 @@ async fn send(
     db.timed(pipeline::release_publish(client, kind, &failed, false))
         .await?;
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_batch_published_whole_brings_the_relay_straight_back() {
+        assert!(keeps_busy(500, 500, true));
+        assert!(
+            !keeps_busy(499, 500, true),
+            "a short batch: nothing more waits"
+        );
+        assert!(
+            !keeps_busy(500, 500, false),
+            "the broker is in trouble: wait"
+        );
+        assert!(!keeps_busy(0, 500, true));
+    }
+
+    #[test]
+    fn the_guard_waits_while_envelopes_wait_or_the_broker_cannot_say() {
+        assert!(guard_may_run(Some(0)));
+        assert!(!guard_may_run(Some(3)));
+        assert!(!guard_may_run(None));
+    }
 }

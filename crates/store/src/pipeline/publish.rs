@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use kurir_core::{AccountId, JobKind, TraceContext};
+use kurir_core::{AccountId, JobKind};
 use tracing::instrument;
 use uuid::Uuid;
 
@@ -20,35 +20,8 @@ use crate::{
 /// The channel the relay LISTENs on; a NOTIFY there wakes it early.
 pub const RELAY_CHANNEL: &str = "kurir_relay";
 
-/// A row to publish: enough for the envelope and for fencing the mark.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Publishable {
-    pub kind: JobKind,
-    pub id: Uuid,
-    pub account: AccountId,
-    pub attempts: i32,
-    /// The trace of the request that created the row, for the envelope's
-    /// `traceparent` header.
-    pub trace: Option<TraceContext>,
-}
-
-impl Publishable {
-    /// A row just accepted (no attempt yet).
-    pub(crate) fn accepted(
-        kind: JobKind,
-        id: Uuid,
-        account: AccountId,
-        trace: Option<TraceContext>,
-    ) -> Self {
-        Self {
-            kind,
-            id,
-            account,
-            attempts: 0,
-            trace,
-        }
-    }
-}
+/// A row to publish (the type is core's: the broker's envelope is made from it).
+pub use kurir_core::Publishable;
 
 /// Claims up to `limit` due, unpublished rows that nobody is publishing, for
 /// `lease`. Concurrent relays skip each other's rows.
