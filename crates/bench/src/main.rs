@@ -184,7 +184,14 @@ async fn real_main(args: Args) -> std::process::ExitCode {
             eprintln!("kurir-bench: --clean only removes kurir_bench_* databases and prefixes");
             return std::process::ExitCode::from(2);
         }
-        return match stack::clean(&args.database_url, &args.amqp_url, name).await {
+        return match stack::clean(
+            &args.database_url,
+            &args.amqp_url,
+            name,
+            &[reference::queue_name(name)],
+        )
+        .await
+        {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kurir-bench: {e:#}");

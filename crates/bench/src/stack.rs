@@ -368,10 +368,16 @@ impl Stack {
     }
 }
 
-/// Drops database `name` and deletes the queues under prefix `name`.
-pub async fn clean(base_url: &str, amqp_url: &str, name: &str) -> Result<()> {
+/// Drops database `name` and deletes the queues under prefix `name`, and
+/// `extra_queues` (the reference pipeline's, which this module does not name).
+pub async fn clean(
+    base_url: &str,
+    amqp_url: &str,
+    name: &str,
+    extra_queues: &[String],
+) -> Result<()> {
     drop_database(base_url, name).await?;
-    delete_queues(amqp_url, name, &[crate::reference::queue_name(name)]).await
+    delete_queues(amqp_url, name, extra_queues).await
 }
 
 pub async fn connect_db(url: &str) -> Result<tokio_postgres::Client> {
