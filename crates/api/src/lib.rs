@@ -158,7 +158,7 @@ pub fn app(state: AppState) -> Router {
             get(routes::messages::list).post(routes::messages::send),
         )
         .route("/users/{id}/status", post(routes::status_updates::set))
-        .route("/messages/batch", post(routes::messages::send_batch))
+        .route("/messages/batch", post(routes::batch::send_batch))
         .route("/messages/{message_id}", get(routes::messages::get))
         .route(
             "/messages/{message_id}/attempts",

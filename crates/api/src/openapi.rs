@@ -68,7 +68,7 @@ pub const USER_ID_PATTERN: &str = "^[A-Za-z0-9_-]{1,64}$";
         crate::routes::users::get,
         crate::routes::messages::send,
         crate::routes::messages::list,
-        crate::routes::messages::send_batch,
+        crate::routes::batch::send_batch,
         crate::routes::messages::get,
         crate::routes::messages::attempts,
         crate::routes::status_updates::set,
@@ -362,7 +362,7 @@ pub fn raw_schemas() -> Vec<(&'static str, Value)> {
                     "messages": {
                         "type": "array",
                         "minItems": 1,
-                        "maxItems": crate::routes::messages::MAX_BATCH,
+                        "maxItems": crate::routes::batch::MAX_BATCH,
                         "description": "Each item should be a `BatchItem`; an item that is not (not an object, an unknown field, an invalid value) gets an error result of its own and does not fail the batch.",
                         "items": {"anyOf": [schema_ref("BatchItem"), {}]},
                     },

@@ -128,7 +128,7 @@ fn source(account: &AccountLimits) -> String {
 fn describe(account: &AccountLimits, default: IntakeLimit) -> String {
     let limit = account.effective(default);
     let mut line = format!("{}: {limit} ({})", account.name, source(account));
-    if !limit.is_unlimited() && (limit.burst as usize) < kurir_api::routes::messages::MAX_BATCH {
+    if !limit.is_unlimited() && (limit.burst as usize) < kurir_api::routes::batch::MAX_BATCH {
         line.push_str(&format!(
             "; batches of more than {} messages will be refused (422)",
             limit.burst
