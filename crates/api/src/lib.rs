@@ -139,8 +139,6 @@ impl AppState {
         ops::Probe {
             db: self.db.clone(),
             publisher: self.publisher.clone(),
-            broker_required: false,
-            consuming: None,
         }
     }
 }

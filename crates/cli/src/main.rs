@@ -274,25 +274,32 @@ async fn run(command: Command) -> Result<(), Failure> {
             serve_api(api, shutdown).await
         }
         Command::Worker(config) => {
-            checks::database(&config.database).await?;
+            let checked = config.check().map_err(worker_failure)?;
+            checks::database(&checked.config().database).await?;
             let shutdown = shutdown_on_signals();
-            let worker = start_worker(config, &shutdown).await?;
+            let worker = kurir_worker::Worker::serve(checked, shutdown)
+                .await
+                .map_err(worker_failure)?;
             worker.wait().await;
             Ok(())
         }
         Command::Dev { api, worker } => {
-            migrate(&api.database).await?;
-            let shutdown = shutdown_on_signals();
             // The shared settings are the API's; the worker adds its own.
-            let worker_config = kurir_worker::Config {
+            let checked = kurir_worker::Config {
                 database: api.database.clone(),
                 bus: api.bus.clone(),
                 pipeline: api.pipeline.clone(),
                 worker: worker.worker,
                 provider: worker.provider,
                 retry: worker.retry,
-            };
-            let worker = start_worker(worker_config, &shutdown).await?;
+            }
+            .check()
+            .map_err(worker_failure)?;
+            migrate(&api.database).await?;
+            let shutdown = shutdown_on_signals();
+            let worker = kurir_worker::Worker::serve(checked, shutdown.clone())
+                .await
+                .map_err(worker_failure)?;
             let served = serve_api(api, shutdown.clone()).await;
             shutdown.cancel();
             worker.wait().await;
@@ -333,39 +340,11 @@ async fn serve_api(config: kurir_api::Config, shutdown: CancellationToken) -> Re
         })
 }
 
-/// Starts a worker and its health endpoints (bound first: a worker that
-/// cannot serve them does not start).
-async fn start_worker(
-    config: kurir_worker::Config,
-    shutdown: &CancellationToken,
-) -> Result<kurir_worker::Worker, Failure> {
-    let addr = config.worker.worker_metrics_addr;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|err| {
-        Failure::Config(format!(
-            "cannot listen on KURIR_WORKER_METRICS_ADDR={addr}: {err} (each worker on a host needs its own address, or port 0)"
-        ))
-    })?;
-    if let Ok(bound) = listener.local_addr() {
-        info!(addr = %bound, "worker health endpoints listening");
+fn worker_failure(err: kurir_worker::WorkerError) -> Failure {
+    match err {
+        kurir_worker::WorkerError::Database(err) => Failure::from(err),
+        settings => Failure::Config(settings.to_string()),
     }
-    let worker =
-        kurir_worker::Worker::start(config, shutdown.clone()).map_err(|err| match err {
-            kurir_worker::WorkerError::Database(err) => Failure::from(err),
-            settings => Failure::Config(settings.to_string()),
-        })?;
-    let probe = kurir_api::ops::Probe {
-        db: worker.db().clone(),
-        publisher: worker.publisher().clone(),
-        broker_required: true,
-        consuming: Some(worker.consuming()),
-    };
-    let shutdown = shutdown.clone();
-    worker.tasks().spawn(async move {
-        if let Err(err) = kurir_api::ops::serve_on(listener, probe, shutdown).await {
-            error!(%addr, error = %err, "the worker's health endpoints failed (KURIR_WORKER_METRICS_ADDR)");
-        }
-    });
-    Ok(worker)
 }
 
 async fn migrate(database: &DatabaseArgs) -> Result<(), Failure> {

@@ -185,3 +185,22 @@ fn env_example_names_every_setting_with_its_default() {
     wrong.dedup();
     assert!(wrong.is_empty(), ".env.example: {wrong:#?}");
 }
+
+/// A worker's settings are checked (its provider built) before it connects
+/// or listens: the one line is the error, with nothing logged before it.
+#[test]
+fn a_worker_without_its_whatsapp_token_says_only_that() {
+    for command in ["worker", "dev"] {
+        let out = kurir(
+            &[command],
+            &[
+                ("KURIR_PROVIDER", "whatsapp"),
+                ("KURIR_WHATSAPP_PHONE_NUMBER_ID", "1234567890"),
+                ("RUST_LOG", "info"),
+            ],
+        );
+        let line = one_line(&out);
+        assert!(line.starts_with("error: "), "{command}: {line}");
+        assert!(line.contains("KURIR_WHATSAPP_TOKEN"), "{command}: {line}");
+    }
+}

@@ -1,5 +1,5 @@
 //! kurir's domain: identifiers, validated values, the delivery state machines
-//! and the typed configuration every binary reads.
+//! and the settings and readiness rules the API and the worker share.
 //!
 //! This crate owns the rules ("a phone number is E.164", "a message status only
 //! moves forward"). It does no I/O: no SQL, no AMQP, no HTTP. Once a value has
@@ -9,6 +9,7 @@
 pub mod apikey;
 pub mod attempt;
 pub mod config;
+pub mod health;
 pub mod ids;
 pub mod intake;
 pub mod publishable;

@@ -11,6 +11,7 @@
 
 pub mod deliver;
 mod group;
+pub mod health;
 pub mod housekeeping;
 pub mod provider;
 pub mod relay;
@@ -28,7 +29,7 @@ use kurir_store::Db;
 use kurir_store::{listen, pipeline};
 use tokio::{sync::Semaphore, sync::watch, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::{deliver::Deliverer, provider::Provider, relay::RelayConfig, retry::RetryPolicy};
 
@@ -47,6 +48,44 @@ pub struct Config {
     pub provider: ProviderArgs,
     #[command(flatten)]
     pub retry: RetryArgs,
+}
+
+/// A worker's settings, checked, and the provider they make: what a worker
+/// needs to start, made before anything listens or connects.
+pub struct Checked {
+    config: Config,
+    provider: Arc<dyn Provider>,
+}
+
+impl std::fmt::Debug for Checked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Checked")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Checked {
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+impl Config {
+    /// Checks what no setting can alone (the lease against the timeouts of
+    /// one delivery) and builds the provider (a `whatsapp` one without its
+    /// token is refused here): every mistake a worker can find in its
+    /// settings, found before it listens or connects.
+    pub fn check(self) -> Result<Checked, WorkerError> {
+        self.worker
+            .check(&self.provider, &self.database)
+            .map_err(WorkerError::Settings)?;
+        let provider = provider::from_args(&self.provider).map_err(WorkerError::Settings)?;
+        Ok(Checked {
+            config: self,
+            provider,
+        })
+    }
 }
 
 /// Why a worker could not start.
@@ -84,12 +123,32 @@ impl Worker {
     /// Checks the settings and starts the relay and the consumer. Returns at
     /// once; connections are made (and re-made) in the background.
     pub fn start(config: Config, shutdown: CancellationToken) -> Result<Self, WorkerError> {
-        config
-            .worker
-            .check(&config.provider, &config.database)
-            .map_err(WorkerError::Settings)?;
-        let provider = provider::from_args(&config.provider).map_err(WorkerError::Settings)?;
-        Self::start_with(config, provider, shutdown)
+        let checked = config.check()?;
+        Self::start_with(checked.config, checked.provider, shutdown)
+    }
+
+    /// `kurir worker`: binds `KURIR_WORKER_METRICS_ADDR`, starts the worker
+    /// and serves its [`health`] endpoints there. The settings were checked
+    /// first ([`Config::check`]), so a bad one stops the process before it
+    /// listens; a worker that cannot serve its endpoints does not start.
+    pub async fn serve(checked: Checked, shutdown: CancellationToken) -> Result<Self, WorkerError> {
+        let addr = checked.config.worker.worker_metrics_addr;
+        let listener = health::bind(addr).await.map_err(WorkerError::Settings)?;
+        if let Ok(bound) = listener.local_addr() {
+            info!(addr = %bound, "worker health endpoints listening");
+        }
+        let worker = Self::start_with(checked.config, checked.provider, shutdown.clone())?;
+        let probe = health::Probe {
+            db: worker.db.clone(),
+            publisher: worker.publisher.clone(),
+            consuming: worker.consuming.clone(),
+        };
+        worker.tasks.spawn(async move {
+            if let Err(err) = health::serve_on(listener, probe, shutdown).await {
+                error!(%addr, error = %err, "the worker's health endpoints failed (KURIR_WORKER_METRICS_ADDR)");
+            }
+        });
+        Ok(worker)
     }
 
     /// As [`Worker::start`], with a provider of the caller's choosing.
@@ -186,25 +245,6 @@ impl Worker {
                 + Duration::from_secs(5),
             shutdown,
         })
-    }
-
-    pub fn db(&self) -> &Db {
-        &self.db
-    }
-
-    pub fn publisher(&self) -> &Publisher {
-        &self.publisher
-    }
-
-    /// The worker's tasks: whatever else the process runs for this worker
-    /// (its health endpoints) belongs here too.
-    pub fn tasks(&self) -> &Tasks {
-        &self.tasks
-    }
-
-    /// The consumer's state (readiness needs it up).
-    pub fn consuming(&self) -> watch::Receiver<LinkState> {
-        self.consuming.clone()
     }
 
     /// Runs until the shutdown token fires, then waits for the worker to
