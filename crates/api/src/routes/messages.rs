@@ -48,7 +48,7 @@ pub(super) fn content(
         (Some(_), Some(_)) => {
             errors.push(FieldError::new(
                 "template",
-                "send either message (text) or template, not both",
+                "cannot be sent together with message: send one of them",
             ));
             None
         }
