@@ -260,7 +260,7 @@ async fn shutdown_lets_the_request_in_flight_finish_and_closes_the_rest() {
     let config = kurir_api::Config {
         database: app.database_args.clone(),
         bus: app.bus_args.clone(),
-        pipeline: config::defaults(),
+        shutdown: config::defaults(),
         api: config::defaults(),
     };
     let shutdown = CancellationToken::new();

@@ -9,16 +9,15 @@ use std::{
     time::Duration,
 };
 
+use kurir_api::config::ApiArgs;
 use kurir_bus::Topology;
 use kurir_core::{
     apikey::ApiKey,
-    config::{
-        self, ApiArgs, BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, ProviderKind, RetryArgs,
-        WorkerArgs,
-    },
+    config::{self, BusArgs, DatabaseArgs, ShutdownArgs},
 };
 use kurir_sandbox::Sandbox;
 use kurir_store::{PgPool, migrate};
+use kurir_worker::config::{ProviderArgs, ProviderKind, RetryArgs, WorkerArgs};
 use reqwest::{RequestBuilder, StatusCode};
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
@@ -189,6 +188,7 @@ pub struct Options {
     pub start_worker: bool,
     /// Point the API's publisher at another broker URL (e.g. nowhere).
     pub api_amqp_url: Option<String>,
+    /// The worker's `KURIR_PUBLISH_LEASE`.
     pub publish_lease: Duration,
     pub retry_initial: Duration,
     /// How long a worker owns a row it is delivering.
@@ -307,9 +307,8 @@ impl TestApp {
         let mut bus_args: BusArgs = config::defaults();
         bus_args.amqp_url = options.amqp.clone().unwrap_or_else(amqp_url);
         bus_args.queue_prefix = prefix.clone();
-        let mut pipeline: PipelineArgs = config::defaults();
-        pipeline.publish_lease = options.publish_lease;
-        pipeline.shutdown_grace = Duration::from_secs(5);
+        let mut shutdown_args: ShutdownArgs = config::defaults();
+        shutdown_args.shutdown_grace = Duration::from_secs(5);
 
         ensure_broker(&bus_args.amqp_url).await;
         let proxy = |wanted: bool, url: String, port: u16| async move {
@@ -352,7 +351,7 @@ impl TestApp {
         let api_config = kurir_api::Config {
             database: api_database,
             bus: api_bus,
-            pipeline: pipeline.clone(),
+            shutdown: shutdown_args,
             api,
         };
         let state = kurir_api::AppState::new(&api_config, &shutdown).expect("api state");
@@ -408,10 +407,11 @@ impl TestApp {
         worker.republish_after = self.options.republish_after;
         worker.relay_interval = Duration::from_millis(200);
         worker.delivery_lease = self.options.delivery_lease;
+        worker.publish_lease = self.options.publish_lease;
         let mut retry: RetryArgs = config::defaults();
         retry.retry_initial = self.options.retry_initial;
-        let mut pipeline: PipelineArgs = config::defaults();
-        pipeline.shutdown_grace = self.options.shutdown_grace;
+        let mut shutdown: ShutdownArgs = config::defaults();
+        shutdown.shutdown_grace = self.options.shutdown_grace;
         let mut database = self.database_args.clone();
         if let Some(proxy) = &self.worker_postgres {
             database.database_url = proxy.url(&database.database_url);
@@ -419,7 +419,7 @@ impl TestApp {
         kurir_worker::Config {
             database,
             bus: self.bus_args.clone(),
-            pipeline,
+            shutdown,
             worker,
             provider,
             retry,

@@ -328,7 +328,7 @@ async fn a_waiting_request_is_answered_at_shutdown() {
     let config = kurir_api::Config {
         database: app.database_args.clone(),
         bus: app.bus_args.clone(),
-        pipeline: config::defaults(),
+        shutdown: config::defaults(),
         api: config::defaults(),
     };
     let shutdown = CancellationToken::new();

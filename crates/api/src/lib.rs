@@ -7,6 +7,7 @@
 //! `kurir-store`), no AMQP (that is `kurir-bus`).
 
 pub mod accept;
+pub mod config;
 pub mod dispatch;
 pub mod dto;
 pub mod error;
@@ -34,10 +35,7 @@ use axum::{
     routing::{get, post},
 };
 use kurir_bus::{Publisher, Topology};
-use kurir_core::{
-    config::{ApiArgs, BusArgs, DatabaseArgs, PipelineArgs},
-    runtime::Tasks,
-};
+use kurir_core::runtime::Tasks;
 use kurir_store::Db;
 use tokio_util::sync::CancellationToken;
 use tower_http::{
@@ -50,18 +48,7 @@ use tracing::info;
 
 use crate::{dispatch::Dispatcher, error::ApiError};
 
-/// Everything `kurir api` reads (its command line and environment).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub bus: BusArgs,
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-    #[command(flatten)]
-    pub api: ApiArgs,
-}
+pub use config::Config;
 
 /// Shared by every handler; cheap to clone.
 #[derive(Clone)]
@@ -292,7 +279,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
     })?;
     let tasks = state.tasks.clone();
     let mut server = tasks.spawn(serve(state, listener, shutdown.clone()));
-    let grace = config.pipeline.shutdown_grace;
+    let grace = config.shutdown.shutdown_grace;
     let served = tokio::select! {
         served = &mut server => served.map_err(|err| err.to_string()).and_then(|r| r.map_err(|e| e.to_string())),
         () = async { shutdown.cancelled().await; tokio::time::sleep(grace).await } => {

@@ -56,7 +56,6 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use kurir_core::config::ApiArgs;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
     net::{TcpListener, TcpStream},
@@ -68,7 +67,7 @@ use tokio_util::sync::CancellationToken;
 use tower::Service;
 use tracing::{debug, error, info};
 
-use crate::error::ApiError;
+use crate::{config::ApiArgs, error::ApiError};
 
 /// How long a closing connection keeps reading (and dropping) what the client
 /// still sends, so that an answer sent before the whole request was read

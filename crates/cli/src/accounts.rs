@@ -1,9 +1,10 @@
 //! `kurir accounts list|limit`: accounts and their intake limits.
 
 use clap::{ArgGroup, Subcommand};
+use kurir_api::config::IntakeArgs;
 use kurir_core::{
     IntakeLimit,
-    config::{DatabaseArgs, IntakeArgs},
+    config::DatabaseArgs,
     intake::{MAX_BURST, MAX_RATE},
 };
 use kurir_store::limits::{self, AccountLimits};

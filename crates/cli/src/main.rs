@@ -12,8 +12,9 @@ mod stats;
 
 use std::{io::IsTerminal, process::ExitCode};
 
-use clap::{Args, Parser, Subcommand};
-use kurir_core::config::{BusArgs, DatabaseArgs, IntakeArgs, ProviderArgs, RetryArgs, WorkerArgs};
+use clap::{Parser, Subcommand};
+use kurir_api::config::IntakeArgs;
+use kurir_core::config::{BusArgs, DatabaseArgs};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -48,7 +49,7 @@ enum Command {
         #[command(flatten)]
         api: kurir_api::Config,
         #[command(flatten)]
-        worker: WorkerOnly,
+        worker: kurir_worker::config::OwnArgs,
     },
     /// Manage API keys.
     Keys {
@@ -99,17 +100,6 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
-}
-
-/// The worker's own settings (the shared ones come with the API's in `dev`).
-#[derive(Debug, Clone, Args)]
-struct WorkerOnly {
-    #[command(flatten)]
-    worker: WorkerArgs,
-    #[command(flatten)]
-    provider: ProviderArgs,
-    #[command(flatten)]
-    retry: RetryArgs,
 }
 
 /// Logs to stderr (text, or JSON for a log collector), filtered by
@@ -285,16 +275,10 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Dev { api, worker } => {
             // The shared settings are the API's; the worker adds its own.
-            let checked = kurir_worker::Config {
-                database: api.database.clone(),
-                bus: api.bus.clone(),
-                pipeline: api.pipeline.clone(),
-                worker: worker.worker,
-                provider: worker.provider,
-                retry: worker.retry,
-            }
-            .check()
-            .map_err(worker_failure)?;
+            let checked = worker
+                .with(api.database.clone(), api.bus.clone(), api.shutdown.clone())
+                .check()
+                .map_err(worker_failure)?;
             migrate(&api.database).await?;
             let shutdown = shutdown_on_signals();
             let worker = kurir_worker::Worker::serve(checked, shutdown.clone())

@@ -204,3 +204,65 @@ fn a_worker_without_its_whatsapp_token_says_only_that() {
         assert!(line.contains("KURIR_WHATSAPP_TOKEN"), "{command}: {line}");
     }
 }
+
+/// Every command's `--help` is the compact one: one entry per option, no
+/// blank line between them (clap switches every option to its long form,
+/// `[env: …]` and `[default: …]` on lines of their own, as soon as one
+/// option or value has a long description; those live in
+/// docs/configuration.md).
+#[test]
+fn every_help_is_in_the_compact_form() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["migrate"],
+        &["api"],
+        &["worker"],
+        &["dev"],
+        &["keys"],
+        &["keys", "create"],
+        &["keys", "list"],
+        &["keys", "revoke"],
+        &["accounts", "list"],
+        &["accounts", "limit"],
+        &["users", "import"],
+        &["stats"],
+        &["dlq", "list"],
+        &["dlq", "replay"],
+    ];
+    for command in commands {
+        let mut args = command.to_vec();
+        args.push("--help");
+        let out = kurir(&args, &[]);
+        assert!(out.status.success(), "{command:?}");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !help.contains("see a summary with '-h'"),
+            "{command:?}: {help}"
+        );
+        let options = help.split("Options:").nth(1).unwrap_or("");
+        assert!(
+            options.trim().lines().all(|line| !line.trim().is_empty()),
+            "{command:?}: a blank line between options: {help}"
+        );
+    }
+}
+
+/// `kurir dev` runs an API and a worker: it takes every setting of both.
+#[test]
+fn dev_takes_every_setting_of_the_api_and_the_worker() {
+    let flags = |command: &str| -> std::collections::BTreeSet<String> {
+        let out = kurir(&[command, "--help"], &[]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .filter(|word| word.starts_with("--"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let dev = flags("dev");
+    let missing: Vec<String> = flags("api")
+        .union(&flags("worker"))
+        .filter(|flag| !dev.contains(*flag))
+        .cloned()
+        .collect();
+    assert!(missing.is_empty(), "kurir dev --help lacks {missing:?}");
+}

@@ -9,6 +9,7 @@
 //! Every task of a worker is owned by its [`Tasks`]; the consuming loop owns
 //! its RabbitMQ subscription and replaces it whole when it is lost.
 
+pub mod config;
 pub mod deliver;
 mod group;
 pub mod health;
@@ -21,10 +22,7 @@ mod sampler;
 use std::{sync::Arc, time::Duration};
 
 use kurir_bus::{BusError, LinkState, Publisher, QueueState, Subscription, Topology};
-use kurir_core::{
-    config::{BusArgs, DatabaseArgs, PipelineArgs, ProviderArgs, RetryArgs, WorkerArgs},
-    runtime::Tasks,
-};
+use kurir_core::runtime::Tasks;
 use kurir_store::Db;
 use kurir_store::{listen, pipeline};
 use tokio::{sync::Semaphore, sync::watch, time::Instant};
@@ -33,22 +31,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::{deliver::Deliverer, provider::Provider, relay::RelayConfig, retry::RetryPolicy};
 
-/// Everything `kurir worker` reads (its command line and environment).
-#[derive(Debug, Clone, clap::Args)]
-pub struct Config {
-    #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub bus: BusArgs,
-    #[command(flatten)]
-    pub pipeline: PipelineArgs,
-    #[command(flatten)]
-    pub worker: WorkerArgs,
-    #[command(flatten)]
-    pub provider: ProviderArgs,
-    #[command(flatten)]
-    pub retry: RetryArgs,
-}
+pub use config::Config;
 
 /// A worker's settings, checked, and the provider they make: what a worker
 /// needs to start, made before anything listens or connects.
@@ -183,7 +166,7 @@ impl Worker {
         let relay_config = RelayConfig {
             interval: config.worker.relay_interval,
             batch: config.worker.relay_batch,
-            publish_lease: config.pipeline.publish_lease,
+            publish_lease: config.worker.publish_lease,
             republish_after: config.worker.republish_after,
         };
         tasks.spawn(relay::run(
@@ -240,7 +223,7 @@ impl Worker {
             consuming,
             tasks,
             // The grace, the releases after it, and closing connections.
-            stop_limit: config.pipeline.shutdown_grace
+            stop_limit: config.shutdown.shutdown_grace
                 + config.database.db_timeout
                 + Duration::from_secs(5),
             shutdown,
@@ -386,7 +369,7 @@ async fn consume(
         subscription.cancel().await;
     }
     in_flight.close();
-    let grace = config.pipeline.shutdown_grace;
+    let grace = config.shutdown.shutdown_grace;
     if tokio::time::timeout(grace, in_flight.wait()).await.is_err() {
         warn!(
             left = in_flight.len(),

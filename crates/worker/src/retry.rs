@@ -14,8 +14,9 @@ use chrono::{DateTime, Utc};
 use kurir_core::{
     LastError,
     attempt::{Outcome, Resolution},
-    config::RetryArgs,
 };
+
+use crate::config::RetryArgs;
 
 #[derive(Debug, Clone)]
 pub struct RetryPolicy {

@@ -26,10 +26,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use hmac::{Hmac, Mac};
-use kurir_core::{
-    config::ReceiptArgs,
-    runtime::{Asked, Grouped, Tasks},
-};
+use kurir_core::runtime::{Asked, Grouped, Tasks};
 use kurir_store::{
     Db, StoreError,
     receipts::{self, Receipt},
@@ -39,6 +36,7 @@ use sha2::Sha256;
 
 use crate::{
     AppState,
+    config::ReceiptArgs,
     error::{ApiError, ApiResult, Throttle},
     extract::read_body,
     openapi::problems::{

@@ -7,8 +7,8 @@
 
 use std::sync::Arc;
 
+use crate::config::{ProviderArgs, ProviderKind};
 use async_trait::async_trait;
-use kurir_core::config::{ProviderArgs, ProviderKind};
 
 mod http;
 mod log;

@@ -6,7 +6,6 @@ use std::{net::SocketAddr, time::Duration};
 
 use kurir_core::{
     AccountId, Content, MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, UserId,
-    config::{ProviderArgs, ProviderKind},
 };
 
 use tokio::{
@@ -16,6 +15,7 @@ use tokio::{
 };
 
 use super::{ClaimedMessage, ClaimedStatusUpdate};
+use crate::config::{ProviderArgs, ProviderKind};
 
 pub fn message() -> ClaimedMessage {
     ClaimedMessage {

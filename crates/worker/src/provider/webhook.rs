@@ -16,7 +16,6 @@ use base64::{
 use hmac::{Hmac, Mac};
 use kurir_core::{
     MessageBody, MessageId, PhoneNumber, StatusText, StatusUpdateId, Template, UserId,
-    config::ProviderArgs,
 };
 use reqwest::{Client, Url, header::CONTENT_TYPE};
 use serde::Serialize;
@@ -27,6 +26,7 @@ use super::{
     ClaimedMessage, ClaimedStatusUpdate, Outcome, Provider, ProviderError,
     http::{self, Answer},
 };
+use crate::config::ProviderArgs;
 
 /// Standard Webhooks secrets: `whsec_` then base64 of the key bytes.
 const SECRET_PREFIX: &str = "whsec_";
@@ -238,10 +238,10 @@ fn answer_id(body: &[u8]) -> Option<String> {
 mod tests {
     use std::time::Duration;
 
-    use kurir_core::config::ProviderKind;
     use serde_json::json;
 
     use super::*;
+    use crate::config::ProviderKind;
     use crate::provider::test_support::{
         Captured, Reply, TestServer, args, message, refused_url, status,
     };

@@ -19,7 +19,8 @@ use super::{
     http::{self, Answer, MAX_DETAIL_CHARS},
     meta_errors::{self, MUCH_LATER, Treatment},
 };
-use kurir_core::{Content, config::ProviderArgs};
+use crate::config::ProviderArgs;
+use kurir_core::Content;
 
 /// Sends through the WhatsApp Cloud API with one shared HTTP client.
 pub struct WhatsAppProvider {
@@ -324,9 +325,8 @@ fn classify_error(answer: &Answer, content: Option<&Content>) -> Outcome {
 mod tests {
     use std::time::Duration;
 
-    use kurir_core::config::ProviderKind;
-
     use super::*;
+    use crate::config::ProviderKind;
     use crate::provider::test_support::{Reply, TestServer, args, message, refused_url, status};
 
     const TOKEN: &str = "EAAG-secret-token";
