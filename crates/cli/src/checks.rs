@@ -2,10 +2,7 @@
 //! (the environment variable if that is where the value came from), with the
 //! valid values where there is a fixed list, and exit code 2.
 
-use clap::{
-    CommandFactory,
-    error::{ContextKind, ContextValue, ErrorKind},
-};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use kurir_core::config::DatabaseArgs;
 use kurir_store::migrate::Schema;
 use tracing::warn;
@@ -21,7 +18,7 @@ fn env_of(long: &str) -> Option<String> {
             .and_then(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
             .or_else(|| command.get_subcommands().find_map(|c| find(c, long)))
     }
-    find(&Cli::command(), long)
+    find(&crate::command(), long)
 }
 
 /// The one line for a bad setting; `None` for other command-line mistakes
@@ -43,16 +40,19 @@ pub fn setting_error(err: &clap::Error, argv: &[String]) -> Option<String> {
         .next()
         .unwrap_or("")
         .to_owned();
-    let given_as_flag = argv
-        .iter()
-        .any(|a| a == &format!("--{long}") || a.starts_with(&format!("--{long}=")));
-    let setting = match env_of(&long) {
-        Some(env) if !given_as_flag && std::env::var_os(&env).is_some() => env,
-        _ => format!("--{long}"),
-    };
     let value = match err.get(ContextKind::InvalidValue) {
         Some(ContextValue::String(value)) => value.clone(),
         _ => String::new(),
+    };
+    // The flag, if this value was given as one; else the environment
+    // variable, if it is set (a flag before the command's name does not
+    // keep the command from reading the variable too).
+    let flag = format!("--{long}");
+    let given_as_flag = argv.windows(2).any(|w| w[0] == flag && w[1] == value)
+        || argv.contains(&format!("{flag}={value}"));
+    let setting = match env_of(&long) {
+        Some(env) if !given_as_flag && std::env::var_os(&env).is_some() => env,
+        _ => flag,
     };
     let why = match err.get(ContextKind::ValidValue) {
         Some(ContextValue::Strings(valid)) => format!("; use one of: {}", valid.join(", ")),
@@ -64,11 +64,17 @@ pub fn setting_error(err: &clap::Error, argv: &[String]) -> Option<String> {
     Some(format!("error: {setting}={value:?} is not valid{why}"))
 }
 
+/// Parses `argv` as [`crate::command`] does.
+pub fn try_parse_from(argv: &[String]) -> Result<Cli, clap::Error> {
+    use clap::FromArgMatches;
+    let matches = crate::command().try_get_matches_from(argv)?;
+    Cli::from_arg_matches(&matches)
+}
+
 /// Parses the command line; a bad setting exits 2 with one line.
 pub fn parse() -> Cli {
-    use clap::Parser;
     let argv: Vec<String> = std::env::args().collect();
-    Cli::try_parse_from(&argv).unwrap_or_else(|err| match setting_error(&err, &argv) {
+    try_parse_from(&argv).unwrap_or_else(|err| match setting_error(&err, &argv) {
         Some(line) => {
             eprintln!("{line}");
             std::process::exit(2);
@@ -112,7 +118,7 @@ mod tests {
 
     fn line_for(args: &[&str]) -> Option<String> {
         let argv: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-        let err = <Cli as clap::Parser>::try_parse_from(&argv).unwrap_err();
+        let err = try_parse_from(&argv).unwrap_err();
         setting_error(&err, &argv)
     }
 

@@ -12,7 +12,7 @@ mod stats;
 
 use std::{io::IsTerminal, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
 use kurir_api::config::IntakeArgs;
 use kurir_core::config::{BusArgs, DatabaseArgs};
 use tokio_util::sync::CancellationToken;
@@ -100,6 +100,21 @@ enum Command {
         #[command(flatten)]
         bus: BusArgs,
     },
+}
+
+/// The command line: [`Cli`]'s, with the shared settings (Postgres,
+/// RabbitMQ, the queue prefix) taken before the command's name as well as
+/// after it (`kurir --database-url … keys list`). clap's `global` only passes
+/// a setting down to a command's own subcommands, so each is defined again
+/// on `kurir` itself: hidden there (every command that reads one lists it in
+/// its own `--help`), and its value passes down to the command.
+pub(crate) fn command() -> clap::Command {
+    let shared = BusArgs::augment_args(DatabaseArgs::augment_args(clap::Command::new("shared")));
+    let before = shared
+        .get_arguments()
+        .map(|arg| arg.clone().global(true).hide(true))
+        .collect::<Vec<_>>();
+    Cli::command().args(before)
 }
 
 /// Logs to stderr (text, or JSON for a log collector), filtered by

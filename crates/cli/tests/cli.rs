@@ -266,3 +266,39 @@ fn dev_takes_every_setting_of_the_api_and_the_worker() {
         .collect();
     assert!(missing.is_empty(), "kurir dev --help lacks {missing:?}");
 }
+
+/// The shared settings (Postgres, RabbitMQ, the queue prefix) go before the
+/// command's name as well as after it, and mean the same there.
+#[test]
+fn shared_settings_work_before_the_command_too() {
+    // The flag, not DATABASE_URL (a socket directory that does not exist),
+    // reaches `keys list`: Postgres refuses on port 1.
+    let unix_socket = [("DATABASE_URL", "host=/nonexistent-kurir-dir dbname=kurir")];
+    let refused = "postgres://postgres@127.0.0.1:1/kurir";
+    for args in [
+        &["--database-url", refused, "keys", "list"][..],
+        &["keys", "list", "--database-url", refused][..],
+    ] {
+        let out = kurir(args, &unix_socket);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains("Connection refused"), "{args:?}: {stderr}");
+    }
+    let line = one_line(&kurir(
+        &["--database-url", "mysql://x@y/z", "keys", "list"],
+        &[],
+    ));
+    assert!(
+        line.starts_with(r#"error: --database-url="mysql://x@y/z" is not valid"#),
+        "{line}"
+    );
+    let line = one_line(&kurir(&["--queue-prefix", "a b", "stats"], &[]));
+    assert!(
+        line.starts_with(r#"error: --queue-prefix="a b" is not valid"#),
+        "{line}"
+    );
+    // A command that does not read a setting does not list it.
+    let out = kurir(&["keys", "list", "--help"], &[]);
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("--amqp-url"), "{help}");
+}
