@@ -71,16 +71,46 @@ pub fn try_parse_from(argv: &[String]) -> Result<Cli, clap::Error> {
     Cli::from_arg_matches(&matches)
 }
 
+/// The two settings whose names have no `KURIR_` prefix (the names other
+/// tools read too), and the prefixed names someone might guess for them.
+const UNPREFIXED: [(&str, &str); 2] = [
+    ("KURIR_DATABASE_URL", "DATABASE_URL"),
+    ("KURIR_AMQP_URL", "AMQP_URL"),
+];
+
+/// The line for a guessed name (`KURIR_DATABASE_URL`) set where kurir would
+/// not read it: unless the real name (`DATABASE_URL`) holds the same value,
+/// kurir would silently use another database or broker than the one meant.
+pub fn misnamed(var: impl Fn(&str) -> Option<String>) -> Option<String> {
+    UNPREFIXED.iter().find_map(|(guessed, real)| {
+        let value = var(guessed)?;
+        match var(real) {
+            Some(real_value) if real_value == value => None,
+            Some(_) => Some(format!(
+                "error: {guessed} is set and differs from {real}; kurir reads {real} only: unset {guessed}"
+            )),
+            None => Some(format!(
+                "error: {guessed} is set, but kurir reads {real} (no KURIR_ prefix): set {real} instead"
+            )),
+        }
+    })
+}
+
 /// Parses the command line; a bad setting exits 2 with one line.
 pub fn parse() -> Cli {
     let argv: Vec<String> = std::env::args().collect();
-    try_parse_from(&argv).unwrap_or_else(|err| match setting_error(&err, &argv) {
+    let cli = try_parse_from(&argv).unwrap_or_else(|err| match setting_error(&err, &argv) {
         Some(line) => {
             eprintln!("{line}");
             std::process::exit(2);
         }
         None => err.exit(),
-    })
+    });
+    if let Some(line) = misnamed(|name| std::env::var(name).ok()) {
+        eprintln!("{line}");
+        std::process::exit(2);
+    }
+    cli
 }
 
 /// Before `api`, `worker` or `dev` start: the database must exist and be
@@ -139,6 +169,35 @@ mod tests {
             r#"error: --retry-jitter="2" is not valid: must be between 0 and 1"#
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_prefixed_database_or_broker_url_is_refused_unless_the_real_one_agrees() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                vars.iter()
+                    .find(|(key, _)| *key == name)
+                    .map(|(_, value)| (*value).to_owned())
+            }
+        };
+        assert_eq!(misnamed(env(&[("DATABASE_URL", "postgres://a/b")])), None);
+        assert_eq!(
+            misnamed(env(&[("KURIR_DATABASE_URL", "postgres://a/b")])).unwrap(),
+            "error: KURIR_DATABASE_URL is set, but kurir reads DATABASE_URL (no KURIR_ prefix): set DATABASE_URL instead"
+        );
+        let line = misnamed(env(&[
+            ("KURIR_AMQP_URL", "amqp://a/b"),
+            ("AMQP_URL", "amqp://c/d"),
+        ]))
+        .unwrap();
+        assert!(line.contains("differs from AMQP_URL"), "{line}");
+        assert_eq!(
+            misnamed(env(&[
+                ("KURIR_AMQP_URL", "amqp://a/b"),
+                ("AMQP_URL", "amqp://a/b"),
+            ])),
+            None
+        );
     }
 
     #[test]

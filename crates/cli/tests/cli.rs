@@ -302,3 +302,34 @@ fn shared_settings_work_before_the_command_too() {
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(!help.contains("--amqp-url"), "{help}");
 }
+
+/// `KURIR_DATABASE_URL` and `KURIR_AMQP_URL` are not read (the settings are
+/// `DATABASE_URL` and `AMQP_URL`): set alone, kurir says so instead of
+/// quietly using the default database or broker.
+#[test]
+fn a_kurir_prefixed_database_url_is_refused_naming_the_one_to_set() {
+    let out = {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_kurir"));
+        for (key, _) in std::env::vars() {
+            if key.starts_with("KURIR_") || key == "DATABASE_URL" {
+                command.env_remove(key);
+            }
+        }
+        command
+            .args(["keys", "list"])
+            .env(
+                "KURIR_DATABASE_URL",
+                "postgres://postgres@127.0.0.1:1/kurir",
+            )
+            .env("RUST_LOG", "error");
+        command.output().unwrap()
+    };
+    let line = one_line(&out);
+    assert!(line.contains("KURIR_DATABASE_URL"), "{line}");
+    assert!(line.contains("set DATABASE_URL instead"), "{line}");
+    let line = one_line(&kurir(
+        &["worker"],
+        &[("KURIR_AMQP_URL", "amqp://guest:guest@127.0.0.1:2/%2f")],
+    ));
+    assert!(line.contains("differs from AMQP_URL"), "{line}");
+}
