@@ -1,6 +1,6 @@
 //! `kurir-sandbox` binary: runs the stand-in WhatsApp Cloud API until SIGINT/SIGTERM.
 
-use std::process::ExitCode;
+use std::{io::IsTerminal, process::ExitCode};
 
 use clap::Parser;
 use kurir_sandbox::{Config, run};
@@ -37,10 +37,14 @@ async fn main() -> ExitCode {
         return ExitCode::from(2);
     }
 
+    // Logs to stderr, as kurir's do; colours only for a person at a
+    // terminal, none in a redirected log.
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
 
     let shutdown = CancellationToken::new();
