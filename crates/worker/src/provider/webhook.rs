@@ -5,6 +5,9 @@
 //! retry so the receiver can drop duplicates), `webhook-timestamp` (unix
 //! seconds) and `webhook-signature: v1,<base64 HMAC-SHA256>` over
 //! `{id}.{timestamp}.{body}`.
+//!
+//! Over 500 lines because of its tests (the larger half): the signature
+//! against the spec's example, and each kind of answer against a local server.
 
 use std::fmt;
 

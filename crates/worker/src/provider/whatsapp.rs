@@ -3,6 +3,9 @@
 //!
 //! A message is a `text` message to the recipient. A status update sets the
 //! sending business profile's "about" text: WhatsApp has no per-recipient status.
+//!
+//! Over 500 lines because of its tests (the second half): each of Meta's
+//! answers against a local HTTP server, kept next to the code that reads them.
 
 use std::fmt;
 
