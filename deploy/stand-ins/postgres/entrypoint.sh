@@ -24,9 +24,10 @@ if [ "${1:-}" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   pwfile=/tmp/pgpass.$$
   printf '%s\n' "${POSTGRES_PASSWORD:-}" >"$pwfile"
+  pwopt=""
+  [ -z "${POSTGRES_PASSWORD:-}" ] || pwopt="--pwfile=$pwfile"
   initdb -D "$PGDATA" -U "$user" -E UTF8 --locale=C.UTF-8 \
-    --auth-local=trust --auth-host="$auth" \
-    $([ -n "${POSTGRES_PASSWORD:-}" ] && echo "--pwfile=$pwfile")
+    --auth-local=trust --auth-host="$auth" ${pwopt:+"$pwopt"}
   rm -f "$pwfile"
   echo "host all all all $auth" >>"$PGDATA/pg_hba.conf"
   echo "listen_addresses = '*'" >>"$PGDATA/postgresql.conf"
