@@ -6,16 +6,17 @@
 //! kurir's ratio to it. `--rounds N` repeats that N times, alternately,
 //! and reports the median.
 
+mod args;
 mod load;
 mod procfs;
 mod progress;
 mod reference;
 mod report;
+mod sampling;
 mod stack;
 mod stats;
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,145 +24,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, anyhow};
 use clap::Parser;
 
+use args::{Args, Settings};
+use sampling::{figures, sampler, server_groups, stop_sampling};
+
 use procfs::{Group, Select};
-use progress::Progress;
-use report::{Header, ProcFigures, Report, Round, RunFigures, per_msg_us};
+use progress::{Numbered, Progress};
+use report::{Header, Report, Round, RunFigures};
 use stack::Stack;
-
-#[derive(Debug, Parser)]
-#[command(name = "kurir-bench", about = "Measures kurir on this machine")]
-struct Args {
-    /// Directory with `kurir` and `kurir-sandbox` [default: this executable's directory]
-    #[arg(long)]
-    bin_dir: Option<PathBuf>,
-    /// Postgres server; a fresh database `kurir_bench_<random>` is created on it
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/")]
-    database_url: String,
-    #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
-    amqp_url: String,
-    /// `kurir worker` processes [default: 1]
-    #[arg(long)]
-    workers: Option<usize>,
-    /// `KURIR_WORKER_CONCURRENCY` of each worker: deliveries in flight
-    /// [default: not set, kurir's own default (256)]
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10_000))]
-    worker_concurrency: Option<u16>,
-    /// Users created before sending [default: 100]
-    #[arg(long)]
-    users: Option<usize>,
-    /// Single-message POSTs [default: 20000]
-    #[arg(long)]
-    messages: Option<usize>,
-    /// Requests in flight (closed loop), or senders (open loop) [default: 64]
-    #[arg(long)]
-    concurrency: Option<usize>,
-    /// Send N messages per request through `POST /v1/messages/batch`
-    /// instead of single POSTs (accept latency is then per request)
-    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1000))]
-    batch: Option<u16>,
-    /// Send an `Idempotency-Key` with every request (one per batch request)
-    #[arg(long)]
-    idempotency_keys: bool,
-    /// Offer a fixed rate of R requests/s instead of a closed loop
-    #[arg(long, value_name = "R")]
-    open_loop: Option<f64>,
-    /// Send every single POST with `Prefer: wait=SECS`: each client holds
-    /// its request until the message is sent (200) or SECS pass (202);
-    /// accept latency is then the wait. Not with --batch
-    #[arg(long, value_name = "SECS", conflicts_with = "batch",
-          value_parser = clap::value_parser!(u64).range(1..=30))]
-    prefer_wait: Option<u64>,
-    /// The sandbox's answer delay
-    #[arg(long, default_value_t = 0)]
-    provider_latency_ms: u64,
-    /// The api's `KURIR_INTAKE_RATE` (per-account intake limit, messages/s).
-    /// 0, the default here, switches it off: the bench measures throughput;
-    /// set one above the offered load to measure what the limiter costs
-    #[arg(long, value_name = "R", default_value_t = 0)]
-    intake_rate: u32,
-    /// The api's `KURIR_INTAKE_BURST` [default: kurir's own (10000)]
-    #[arg(long, value_name = "B")]
-    intake_burst: Option<u32>,
-    /// The sandbox posts signed `delivered` and `read` receipts for every
-    /// message to the api's webhook (two POSTs a message), as WhatsApp
-    /// does; CPU is then counted until every message is `read`
-    #[arg(long)]
-    receipts: bool,
-    /// Also run the bare pipeline (after kurir) and report kurir's ratio to it
-    #[arg(long)]
-    reference: bool,
-    /// Run kurir (then the reference, with --reference) N times, alternately,
-    /// each round on a fresh stack, and report the median round (--smoke: 1)
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=100))]
-    rounds: u32,
-    /// One JSON line with every figure on stdout instead of tables
-    #[arg(long)]
-    json: bool,
-    /// Keep the stack running and the database for inspection
-    #[arg(long)]
-    keep: bool,
-    /// CI preset: 300 messages, 10 users, concurrency 16, 1 worker, no
-    /// reference, 1 round
-    #[arg(long)]
-    smoke: bool,
-    /// Seconds to wait for every accepted message to be `sent`
-    #[arg(long, default_value_t = 300)]
-    timeout: u64,
-    /// Remove what a `--keep` run left: drop database NAME and delete the
-    /// queues and exchanges under prefix NAME (stop its processes first)
-    #[arg(long, value_name = "NAME")]
-    clean: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-struct Settings {
-    bin_dir: PathBuf,
-    workers: usize,
-    users: usize,
-    messages: usize,
-    concurrency: usize,
-    reference: bool,
-    rounds: usize,
-    worker_concurrency: Option<u16>,
-}
-
-impl Args {
-    fn settings(&self) -> Result<Settings> {
-        let preset = |explicit: Option<usize>, smoke: usize, default: usize| {
-            explicit.unwrap_or(if self.smoke { smoke } else { default })
-        };
-        let s = Settings {
-            bin_dir: match &self.bin_dir {
-                Some(d) => d.clone(),
-                None => stack::default_bin_dir()?,
-            },
-            workers: preset(self.workers, 1, 1),
-            users: preset(self.users, 10, 100),
-            messages: preset(self.messages, 300, 20_000),
-            concurrency: preset(self.concurrency, 16, 64),
-            reference: self.reference && !self.smoke,
-            rounds: if self.smoke { 1 } else { self.rounds as usize },
-            worker_concurrency: self.worker_concurrency,
-        };
-        if s.users == 0 || s.messages == 0 || s.concurrency == 0 || s.workers == 0 {
-            return Err(anyhow!(
-                "--users, --messages, --concurrency and --workers must be at least 1"
-            ));
-        }
-        if let Some(r) = self.open_loop
-            && !(r.is_finite() && r > 0.0)
-        {
-            return Err(anyhow!("--open-loop must be a positive rate, got {r}"));
-        }
-        if self.keep && s.rounds > 1 {
-            return Err(anyhow!(
-                "--keep keeps one stack: use it with --rounds 1 (the default)"
-            ));
-        }
-        Ok(s)
-    }
-}
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
@@ -373,102 +242,6 @@ fn print_kept(stack: &Stack) {
             .join(" "),
         stack.database
     );
-}
-
-/// Which round of how many, for status lines and progress labels.
-#[derive(Debug, Clone, Copy)]
-struct Numbered {
-    n: usize,
-    of: usize,
-}
-
-impl Numbered {
-    /// `round 2 of 3: ` when there are several, else nothing.
-    fn tag(self) -> String {
-        if self.of > 1 {
-            format!("round {} of {}: ", self.n, self.of)
-        } else {
-            String::new()
-        }
-    }
-
-    /// A progress label: `round 2/3 sent` when there are several.
-    fn label(self, phase: &str) -> String {
-        if self.of > 1 {
-            format!("round {}/{} {phase}", self.n, self.of)
-        } else {
-            phase.to_owned()
-        }
-    }
-
-    /// The longest label of a round, so that its bars line up.
-    fn label_width(self) -> usize {
-        self.label("reference consumed").chars().count()
-    }
-}
-
-/// Samples `groups` every 200 ms until aborted.
-fn sampler(groups: Arc<Mutex<Vec<Group>>>) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            let groups = groups.clone();
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Ok(mut g) = groups.lock() {
-                    g.iter_mut().for_each(Group::sample);
-                }
-            })
-            .await;
-        }
-    })
-}
-
-/// Stops the sampler and takes the groups, after a last sample.
-async fn stop_sampling(
-    sampling: tokio::task::JoinHandle<()>,
-    groups: &Mutex<Vec<Group>>,
-) -> Result<Vec<Group>> {
-    sampling.abort();
-    let _ = sampling.await;
-    let mut groups = std::mem::take(&mut *groups.lock().map_err(|_| anyhow!("sampler panicked"))?);
-    groups.iter_mut().for_each(Group::finish);
-    Ok(groups)
-}
-
-fn server_groups() -> Vec<Group> {
-    let mut groups = Vec::new();
-    for (name, user, exe) in [
-        ("postgres", "postgres", "postgres"),
-        ("rabbitmq", "rabbitmq", "beam.smp"),
-    ] {
-        match procfs::uid_of(user) {
-            Some(uid) => groups.push(Group::new(name, Select::Server { uid, name: exe })),
-            None => eprintln!("warning: no user {user}: its server's CPU is not measured"),
-        }
-    }
-    groups
-}
-
-fn figures(groups: &[Group], messages: u64, ticks_per_s: f64, excluded: &str) -> Vec<ProcFigures> {
-    groups
-        .iter()
-        .map(|g| {
-            let cpu_s = g.cpu_ticks() as f64 / ticks_per_s;
-            let (rss_kb, rss_source) = match g.hwm_kb {
-                Some(hwm) => (Some(hwm), "VmHWM"),
-                None => ((g.processes_seen() > 0).then_some(g.peak_rss_kb), "sampled"),
-            };
-            ProcFigures {
-                name: g.name.clone(),
-                processes: g.processes_seen(),
-                cpu_s,
-                cpu_us_per_msg: per_msg_us(cpu_s, messages),
-                peak_rss_mb: rss_kb.map(|kb| kb as f64 / 1024.0),
-                rss_source,
-                in_total: g.name != excluded,
-            }
-        })
-        .collect()
 }
 
 fn ms(v: Option<f64>) -> Option<f64> {

@@ -148,6 +148,38 @@ impl Throttle {
     }
 }
 
+/// Which round of how many, for status lines and progress labels.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Numbered {
+    pub(crate) n: usize,
+    pub(crate) of: usize,
+}
+
+impl Numbered {
+    /// `round 2 of 3: ` when there are several, else nothing.
+    pub(crate) fn tag(self) -> String {
+        if self.of > 1 {
+            format!("round {} of {}: ", self.n, self.of)
+        } else {
+            String::new()
+        }
+    }
+
+    /// A progress label: `round 2/3 sent` when there are several.
+    pub(crate) fn label(self, phase: &str) -> String {
+        if self.of > 1 {
+            format!("round {}/{} {phase}", self.n, self.of)
+        } else {
+            phase.to_owned()
+        }
+    }
+
+    /// The longest label of a round, so that its bars line up.
+    pub(crate) fn label_width(self) -> usize {
+        self.label("reference consumed").chars().count()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
