@@ -1,5 +1,5 @@
--- The guard for published rows (DESIGN.md, "Nothing relies on the broker to
--- be right"): when a row's envelope was last confirmed by the broker. A row
+-- The guard for published rows (docs/design.md, "Where each failure
+-- is handled"): when a row's envelope was last confirmed by the broker. A row
 -- still queued long after that (the broker lost its copy, or a consumer that
 -- nobody reads holds it) is published again by the relay.
 ALTER TABLE messages ADD COLUMN published_at timestamptz;

@@ -1,4 +1,4 @@
--- One index per attempt instead of two (DESIGN.md, "The hot path is
+-- One index per attempt instead of two (docs/design.md, "The hot path is
 -- batched"): (subject_id, attempt) already identifies an attempt and is
 -- what every reader looks attempts up by, so it becomes the primary key;
 -- the identity column stays, without an index of its own.

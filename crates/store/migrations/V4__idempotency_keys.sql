@@ -1,4 +1,4 @@
--- Idempotency keys (SPEC.md section 1): a client that sends a creating POST
+-- Idempotency keys (docs/api.md, "Retrying safely"): a client that sends a creating POST
 -- again with the same key within 24 hours gets the first response back and
 -- nothing is created twice. The record is written in the transaction that
 -- creates the row it answers for, so a key exists exactly when its row does.
